@@ -1,0 +1,35 @@
+"""SAM configuration: transformers' InstructBLIP config plus the guidance fields (DESIGN.md §1)."""
+
+from transformers import InstructBlipConfig
+
+CONTEXT_MODES = ("all", "others")
+
+
+class SamConfig(InstructBlipConfig):
+    r"""
+    context (`str`, defaults to `"all"`):
+        How the context image of image i is pooled. `"all"` (the authors' code): one context image,
+        a per-patch softmax over all N images, shared by every image. `"others"` (the paper's text):
+        the context of image i pools the other N-1 images only.
+    exchange_layer (`int`, *optional*):
+        Q-Former layer at which the two streams exchange information. Defaults to the last layer,
+        as in the authors' code.
+    """
+
+    model_type = "sam_instructblip"
+
+    context: str = "all"
+    exchange_layer: int | None = None
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        num_layers = self.qformer_config.num_hidden_layers
+        if self.exchange_layer is None:
+            self.exchange_layer = num_layers - 1
+        if self.context not in CONTEXT_MODES:
+            raise ValueError(f"context must be one of {CONTEXT_MODES}, got {self.context!r}")
+        if not 0 <= self.exchange_layer < num_layers:
+            raise ValueError(
+                f"exchange_layer must lie in [0, {num_layers - 1}] for a {num_layers}-layer Q-Former, "
+                f"got {self.exchange_layer}"
+            )
