@@ -99,6 +99,8 @@ class SamForConditionalGeneration(InstructBlipForConditionalGeneration):
 
     config_class = SamConfig
     config: SamConfig
+    # A plain InstructBLIP checkpoint has no SAM weights: they start at zero-init guidance (= the baseline).
+    _keys_to_ignore_on_load_missing = [r"guidance\."]
 
     def __init__(self, config: SamConfig):
         super().__init__(config)

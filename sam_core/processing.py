@@ -1,16 +1,35 @@
 """Inputs for SAM: image loading, the paper's prompt templates, and the multi-image processor."""
 
 from collections.abc import Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from transformers import BatchFeature, InstructBlipProcessor
+from transformers.utils import logging as transformers_logging
 
 QFORMER_MAX_TOKENS = 128  # the authors truncate the Q-Former instruction (from the left) at 128 tokens
 NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
 STORY_QUESTION = "With the narratives paired with the initial images, how would you conclude the story using the last picture?"
+
+
+@contextmanager
+def quiet_transformers(progress: bool = False):
+    """Silence transformers' warnings that a SAM or InstructBLIP config is "not its own model type", and its
+    progress bars unless asked (they help for a 7B download, not for a 1 MB checkpoint)."""
+    verbosity = transformers_logging.get_verbosity()
+    bars = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.set_verbosity_error()
+    if not progress:
+        transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+        if bars:
+            transformers_logging.enable_progress_bar()
 
 
 class ImageLoadError(ValueError):
@@ -89,7 +108,8 @@ class SamProcessor:
 
     @classmethod
     def from_pretrained(cls, path, **kwargs) -> "SamProcessor":
-        return cls(InstructBlipProcessor.from_pretrained(path, **kwargs))
+        with quiet_transformers():
+            return cls(InstructBlipProcessor.from_pretrained(path, **kwargs))
 
     def save_pretrained(self, path) -> None:
         self.processor.save_pretrained(path)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-from transformers import BlipImageProcessor, InstructBlipProcessor, PreTrainedTokenizerFast
+from transformers import BlipImageProcessorPil, InstructBlipProcessor, PreTrainedTokenizerFast
 
 from .configuration import SamConfig
 from .modeling import SamForConditionalGeneration
@@ -60,7 +60,7 @@ def tiny_processor(words: list[str] = BASE_WORDS, image_size: int = 32, num_quer
         sep_token="[SEP]",
         truncation_side="left",
     )
-    images = BlipImageProcessor(
+    images = BlipImageProcessorPil(
         size={"height": image_size, "width": image_size},
         image_mean=[0.48145466, 0.4578275, 0.40821073],
         image_std=[0.26862954, 0.26130258, 0.27577711],
@@ -75,8 +75,8 @@ def tiny_config(processor: InstructBlipProcessor, **overrides) -> SamConfig:
     text_config = {
         "model_type": "llama",
         "vocab_size": len(llm_tokenizer),
-        "hidden_size": 48,
-        "intermediate_size": 96,
+        "hidden_size": 64,
+        "intermediate_size": 128,
         "num_hidden_layers": 2,
         "num_attention_heads": 4,
         "num_key_value_heads": 2,
@@ -94,6 +94,7 @@ def tiny_config(processor: InstructBlipProcessor, **overrides) -> SamConfig:
         "num_attention_heads": 4,
         "image_size": image_size,
         "patch_size": 8,
+        "initializer_range": 0.02,  # InstructBLIP's default (1e-10) makes a random ViT blind to its input
     }
     vision_config.update(overrides.pop("vision_config", {}))
     qformer_config = {
@@ -133,3 +134,17 @@ def save_tiny_checkpoint(path: str | Path, seed: int = 0, **overrides) -> Path:
     tiny_model(processor, seed=seed, **overrides).save_pretrained(path)
     processor.save_pretrained(path)
     return path
+
+
+def main(argv=None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Write a random tiny SAM checkpoint (untrained; for tests and plumbing).")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    print(save_tiny_checkpoint(args.out, seed=args.seed))
+
+
+if __name__ == "__main__":
+    main()

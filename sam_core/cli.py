@@ -1,0 +1,109 @@
+"""Command line: `python -m sam_core generate|convert|info ...`."""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .convert import ConversionError, convert_checkpoint
+from .generation import GENERATION_PRESETS, MODES, SamPipeline
+from .loading import IDENTITY_WARNING, QUANTIZATIONS, SamLoadError, load_sam
+from .processing import ImageLoadError, group_caption_prompt, load_image, storytelling_prompt
+
+TASKS = ("group", "story")
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=None, help="embedded (default), a local checkpoint directory, a preset or a hub id")
+    parser.add_argument("--adapter", default=None, help="SAM adapter weights (.safetensors)")
+    parser.add_argument("--quantization", choices=QUANTIZATIONS, default="auto")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    parser.add_argument("--context", choices=("all", "others"), default=None, help="override the checkpoint's context mode")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m sam_core", description="SAM: multi-image answers with semantic alignment")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    generate = commands.add_parser("generate", help="answer a prompt about a set of images")
+    generate.add_argument("--images", nargs="+", required=True, help="image files, in order")
+    prompt = generate.add_mutually_exclusive_group(required=True)
+    prompt.add_argument("--prompt", help="the prompt as the model sees it")
+    prompt.add_argument("--task", choices=TASKS, help="build the paper's prompt: group captioning or storytelling")
+    generate.add_argument("--captions", nargs="*", default=[], help="storytelling: captions of all images but the last")
+    generate.add_argument("--mode", choices=MODES, default="compare")
+    generate.add_argument("--preset", choices=sorted(GENERATION_PRESETS), default="greedy")
+    generate.add_argument("--max-new-tokens", type=int, default=None)
+    generate.add_argument("--temperature", type=float, default=None)
+    generate.add_argument("--repetition-penalty", type=float, default=None)
+    generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument("--json", action="store_true", help="print a machine-readable result with timings")
+    add_model_arguments(generate)
+
+    convert = commands.add_parser("convert", help="convert the authors' LAVIS .pth into our safetensors")
+    convert.add_argument("source", help="LAVIS checkpoint (.pth)")
+    convert.add_argument("destination", help="output .safetensors")
+
+    info = commands.add_parser("info", help="describe the model that would be loaded")
+    add_model_arguments(info)
+    return parser
+
+
+def build_prompt(args) -> str:
+    if args.prompt is not None:
+        return args.prompt
+    if args.task == "group":
+        return group_caption_prompt(len(args.images))
+    if len(args.captions) != len(args.images) - 1:
+        raise ValueError(f"storytelling needs one caption per image but the last: {len(args.images) - 1}, got {len(args.captions)}")
+    return storytelling_prompt(args.captions)
+
+
+def run_generate(args) -> int:
+    prompt = build_prompt(args)
+    images = [load_image(path) for path in args.images]  # fail on a bad file before loading the model
+    loaded = load_sam(args.model, args.adapter, args.quantization, args.device, context=args.context)
+    result = SamPipeline(loaded).generate(
+        images,
+        prompt,
+        mode=args.mode,
+        preset=args.preset,
+        seed=args.seed,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        repetition_penalty=args.repetition_penalty,
+    )
+    if args.json:
+        print(json.dumps({"model": loaded.info.to_dict(), "prompt": prompt, "images": [Path(p).name for p in args.images], **result.to_dict()}, indent=2))
+        return 0
+    if loaded.info.guidance_identity:
+        print(f"note: {IDENTITY_WARNING}", file=sys.stderr)
+    for mode, answer in result.answers.items():
+        label = "SAM" if mode == "sam" else "baseline"
+        print(f"{label:>8}: {answer.text}")
+    return 0
+
+
+def run_info(args) -> int:
+    loaded = load_sam(args.model, args.adapter, args.quantization, args.device, context=args.context)
+    print(json.dumps(loaded.info.to_dict(), indent=2))
+    return 0
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "generate":
+            return run_generate(args)
+        if args.command == "convert":
+            converted = convert_checkpoint(args.source, args.destination)
+            print(f"wrote {len(converted)} tensors to {args.destination}")
+            return 0
+        return run_info(args)
+    except (SamLoadError, ImageLoadError, ConversionError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,163 @@
+"""Answering with SAM and the baseline: decoding presets, side-by-side comparison, streaming."""
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from threading import Thread
+
+import torch
+from transformers import TextIteratorStreamer
+
+from .loading import LoadedSam
+from .modeling import SamVisualTokens
+
+MODES = ("compare", "sam", "baseline")
+GENERATION_PRESETS = {
+    "greedy": {"do_sample": False, "num_beams": 1, "max_new_tokens": 64},
+    "sampling": {"do_sample": True, "num_beams": 1, "top_p": 0.9, "temperature": 1.0, "max_new_tokens": 64},
+    "beam": {"do_sample": False, "num_beams": 5, "max_new_tokens": 64},
+    # The authors' evaluation settings (DESIGN.md §1): 5 beams, up to 256 tokens, repetition penalty 1.5.
+    "paper": {
+        "do_sample": False,
+        "num_beams": 5,
+        "max_new_tokens": 256,
+        "min_length": 1,
+        "repetition_penalty": 1.5,
+        "length_penalty": 1.0,
+    },
+}
+
+
+@dataclass
+class Answer:
+    mode: str
+    text: str
+    new_tokens: int
+    seconds: float
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.new_tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class GenerationResult:
+    """Answers by mode ("sam", "baseline") plus the shared extraction time and the visual tokens."""
+
+    answers: dict[str, Answer]
+    extraction_seconds: float
+    visual: dict[str, SamVisualTokens]
+
+    def to_dict(self) -> dict:
+        return {
+            "answers": {mode: {**asdict(a), "tokens_per_second": a.tokens_per_second} for mode, a in self.answers.items()},
+            "extraction_seconds": self.extraction_seconds,
+        }
+
+
+def generation_kwargs(preset: str = "greedy", **overrides) -> dict:
+    """A preset's decoding settings with explicit overrides (None values ignored)."""
+    if preset not in GENERATION_PRESETS:
+        raise ValueError(f"unknown decoding preset {preset!r}; choose from {sorted(GENERATION_PRESETS)}")
+    settings = dict(GENERATION_PRESETS[preset])
+    settings.update({k: v for k, v in overrides.items() if v is not None})
+    if not settings.get("do_sample"):
+        settings.pop("temperature", None)
+        settings.pop("top_p", None)
+    return settings
+
+
+class SamPipeline:
+    """Images + prompt in, answers out, for one loaded model serving SAM and the baseline."""
+
+    def __init__(self, loaded: LoadedSam):
+        self.model = loaded.model
+        self.processor = loaded.processor
+        self.info = loaded.info
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.query_tokens.device
+
+    def prepare(self, images: Sequence, prompt: str):
+        return self.processor(list(images), prompt).to(self.device)
+
+    @torch.no_grad()
+    def extract(self, inputs, mode: str, output_attentions: bool = False) -> dict[str, SamVisualTokens]:
+        """Visual tokens for the modes that `mode` needs; compare shares the vision pass and common layers."""
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        common = {
+            "qformer_input_ids": inputs["qformer_input_ids"],
+            "qformer_attention_mask": inputs["qformer_attention_mask"],
+            "pixel_values": inputs["pixel_values"],
+            "output_attentions": output_attentions,
+        }
+        if mode == "compare":
+            sam, baseline = self.model.extract_compare(**common)
+            return {"sam": sam, "baseline": baseline}
+        return {mode: self.model.extract_visual_tokens(guidance=mode == "sam", **common)}
+
+    @torch.no_grad()
+    def generate(
+        self, images: Sequence, prompt: str, mode: str = "compare", preset: str = "greedy", seed: int | None = 0, **overrides
+    ) -> GenerationResult:
+        """Answer with SAM, the baseline, or both (`compare`), each from the same seed."""
+        settings = generation_kwargs(preset, **overrides)
+        inputs = self.prepare(images, prompt)
+        start = time.perf_counter()
+        visual = self.extract(inputs, mode)
+        extraction_seconds = time.perf_counter() - start
+        answers = {}
+        for name, tokens in visual.items():
+            if seed is not None:
+                torch.manual_seed(seed)
+            start = time.perf_counter()
+            new_ids = self.model.generate(
+                input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], visual=tokens, **settings
+            )
+            seconds = time.perf_counter() - start
+            text = self.processor.decode(new_ids[:1])[0]
+            answers[name] = Answer(name, text, int(count_new_tokens(new_ids[0], self.processor.tokenizer.pad_token_id)), seconds)
+        return GenerationResult(answers, extraction_seconds, visual)
+
+    def stream(
+        self, images: Sequence, prompt: str, mode: str = "sam", preset: str = "greedy", seed: int | None = 0, **overrides
+    ) -> Iterator[str]:
+        """Yield the answer of one mode ("sam" or "baseline") as it grows; greedy or sampling only."""
+        if mode not in ("sam", "baseline"):
+            raise ValueError("streaming runs one mode at a time: 'sam' or 'baseline'")
+        settings = generation_kwargs(preset, **overrides)
+        if settings.get("num_beams", 1) > 1:
+            raise ValueError("streaming needs greedy or sampling decoding (num_beams=1)")
+        inputs = self.prepare(images, prompt)
+        visual = self.extract(inputs, mode)[mode]
+        streamer = TextIteratorStreamer(self.processor.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
+        failure = []
+
+        def run():
+            try:
+                if seed is not None:
+                    torch.manual_seed(seed)
+                self.model.generate(
+                    input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], visual=visual,
+                    streamer=streamer, **settings,
+                )
+            except Exception as error:  # surfaced in the caller's thread below
+                failure.append(error)
+                streamer.end()
+
+        worker = Thread(target=run, daemon=True)
+        worker.start()
+        text = ""
+        for piece in streamer:
+            if piece:
+                text += piece
+                yield text.strip()
+        worker.join()
+        if failure:
+            raise failure[0]
+
+
+def count_new_tokens(ids: torch.Tensor, pad_token_id: int | None) -> int:
+    return int((ids != pad_token_id).sum()) if pad_token_id is not None else ids.numel()
