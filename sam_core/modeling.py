@@ -187,67 +187,65 @@ class SamForConditionalGeneration(InstructBlipForConditionalGeneration):
     ) -> dict[str, SamVisualTokens]:
         """Run the Q-Former for the requested modes ("sam", "baseline") sharing all work they have in common.
 
-        Layer passes with context="all", for B samples of N images and exchange layer e of L:
-        stream A layers < e over B·N (shared by both modes), stream B layers < e over B only, the exchange
-        layer twice over B·N, the rest of stream A over B·N.
+        Before the exchange layer e, stream A (B·N rows, over F_i) and stream B (over Î: B rows for
+        context="all", one per sample, or B·N rows for "others") run as one batched call per layer; stream A's
+        rows there are shared by SAM and the baseline. The exchange layer then runs twice over B·N rows and
+        the remaining layers once. No per-image Python loop.
         """
-        batch, num_images, num_patches, _ = patch_features.shape
+        batch, num_images = patch_features.shape[:2]
         num_layers = self.config.qformer_config.num_hidden_layers
-        query_length = self.config.num_query_tokens
+        image_rows = batch * num_images
         guided = "sam" in modes and num_images > 1
         exchange = self.config.exchange_layer if guided else num_layers
+        context = self.config.context
 
         with self._eager_qformer_attention(output_attentions):
             x0, mask_2d = self._qformer_inputs(qformer_input_ids, qformer_attention_mask, batch)
-            x0 = x0.to(patch_features.dtype)
-            rows_mask_2d = mask_2d.repeat_interleave(num_images, dim=0)  # (B·N, S)
+            x0 = x0.to(patch_features.dtype)  # (B, S, d)
+            image_mask_2d = mask_2d.repeat_interleave(num_images, dim=0)  # (B·N, S)
             image_kv = patch_features.flatten(0, 1)  # (B·N, P, D)
-            hidden_a = x0.repeat_interleave(num_images, dim=0)  # (B·N, S, d)
-            rows_mask = self._self_mask(hidden_a, rows_mask_2d)
-            shared_attn = [None] * num_layers if output_attentions else None
+            hidden = x0.repeat_interleave(num_images, dim=0)  # stream A: (B·N, S, d)
+            keys_values, joint_mask_2d = image_kv, image_mask_2d
+            alpha = None
+            if guided:
+                alpha, context_features = self.guidance.context_features(patch_features, context)
+                if context == "all":  # one context per sample: its pre-exchange layers run once, not N times
+                    context_rows, context_kv, context_mask_2d = x0, context_features, mask_2d  # (B, …)
+                else:
+                    context_rows, context_kv, context_mask_2d = hidden, context_features.flatten(0, 1), image_mask_2d
+                hidden = torch.cat([hidden, context_rows])  # (B·N + B or 2·B·N, S, d)
+                keys_values = torch.cat([image_kv, context_kv])
+                joint_mask_2d = torch.cat([image_mask_2d, context_mask_2d])
+            joint_mask = self._self_mask(hidden, joint_mask_2d)
+            attn = [None] * num_layers if output_attentions else None
+            for index in range(exchange):
+                hidden = self._qformer_layer(index, hidden, joint_mask, keys_values, attn)
 
-            for index in range(exchange):  # stream A before the exchange: the same in both modes
-                hidden_a = self._qformer_layer(index, hidden_a, rows_mask, image_kv, shared_attn)
-
+            hidden_a = hidden[:image_rows]
+            image_mask = self._self_mask(hidden_a, image_mask_2d)
+            image_attn = split_rows(attn, 0, image_rows)
             results = {}
             if "baseline" in modes or not guided:
-                hidden, attn = hidden_a, list(shared_attn) if output_attentions else None
+                baseline_hidden, baseline_attn = hidden_a, copy_list(image_attn)
                 for index in range(exchange, num_layers):
-                    hidden = self._qformer_layer(index, hidden, rows_mask, image_kv, attn)
-                baseline = self._finish(hidden, patch_features, None, attn, None, guided=False)
-                results["baseline"] = baseline
-                if not guided:
-                    results.setdefault("sam", baseline)
-
+                    baseline_hidden = self._qformer_layer(index, baseline_hidden, image_mask, image_kv, baseline_attn)
+                results["baseline"] = self._finish(baseline_hidden, patch_features, None, baseline_attn, None, False)
+                results.setdefault("sam", results["baseline"])
             if guided:
-                context = self.config.context
-                alpha, context_features = self.guidance.context_features(patch_features, context)
-                context_attn = [None] * num_layers if output_attentions else None
-                if context == "all":  # one context per sample: run its pre-exchange layers once, not N times
-                    hidden_b = x0
-                    sample_mask = self._self_mask(x0, mask_2d)
-                    for index in range(exchange):
-                        hidden_b = self._qformer_layer(index, hidden_b, sample_mask, context_features, context_attn)
+                context_attn = split_rows(attn, image_rows, None)
+                hidden_b = hidden[image_rows:]
+                if context == "all":
                     hidden_b = hidden_b.repeat_interleave(num_images, dim=0)  # (B·N, S, d)
-                    context_kv = context_features.repeat_interleave(num_images, dim=0)  # (B·N, P, D)
-                    if output_attentions:
-                        context_attn = [
-                            None if a is None else a.repeat_interleave(num_images, dim=0) for a in context_attn
-                        ]
-                else:
-                    hidden_b = x0.repeat_interleave(num_images, dim=0)
-                    context_kv = context_features.flatten(0, 1)  # (B·N, P, D)
-                    for index in range(exchange):
-                        hidden_b = self._qformer_layer(index, hidden_b, rows_mask, context_kv, context_attn)
-
+                    context_kv = context_kv.repeat_interleave(num_images, dim=0)  # (B·N, P, D)
+                    context_attn = repeat_rows(context_attn, num_images)
                 # Bidirectional exchange at layer e (out-of-place adds over the whole sequence).
                 hidden_b = hidden_b + self.guidance.image_to_context(hidden_a)  # image tokens guide context selection
-                hidden_b = self._qformer_layer(exchange, hidden_b, rows_mask, context_kv, context_attn)
-                hidden = hidden_a + self.guidance.context_to_image(hidden_b)  # selected context guides extraction
-                attn = list(shared_attn) if output_attentions else None
+                hidden_b = self._qformer_layer(exchange, hidden_b, image_mask, context_kv, context_attn)
+                sam_hidden = hidden_a + self.guidance.context_to_image(hidden_b)  # selected context guides extraction
+                sam_attn = copy_list(image_attn)
                 for index in range(exchange, num_layers):
-                    hidden = self._qformer_layer(index, hidden, rows_mask, image_kv, attn)
-                results["sam"] = self._finish(hidden, patch_features, alpha, attn, context_attn, guided=True)
+                    sam_hidden = self._qformer_layer(index, sam_hidden, image_mask, image_kv, sam_attn)
+                results["sam"] = self._finish(sam_hidden, patch_features, alpha, sam_attn, context_attn, True)
         return results
 
     def _finish(self, hidden, patch_features, alpha, image_attn, context_attn, guided) -> SamVisualTokens:
@@ -409,6 +407,19 @@ class SamForConditionalGeneration(InstructBlipForConditionalGeneration):
         ):
             return output_ids[:, prompt_length:]
         return output_ids
+
+
+def split_rows(maps: list | None, start: int, stop: int | None) -> list | None:
+    """Rows start:stop of each captured attention map (None entries stay None)."""
+    return None if maps is None else [None if m is None else m[start:stop] for m in maps]
+
+
+def repeat_rows(maps: list | None, repeats: int) -> list | None:
+    return None if maps is None else [None if m is None else m.repeat_interleave(repeats, dim=0) for m in maps]
+
+
+def copy_list(maps: list | None) -> list | None:
+    return None if maps is None else list(maps)
 
 
 __all__ = ["SamConfig", "SamForConditionalGeneration", "SamGuidance", "SamOutput", "SamVisualTokens"]

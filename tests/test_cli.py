@@ -1,0 +1,46 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+EXAMPLE = sorted(str(p) for p in Path("examples/linked-star").glob("*.png"))
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "sam_core", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_generate_on_the_shipped_checkpoint_prints_both_answers():
+    done = run_cli("generate", "--images", *EXAMPLE, "--task", "group", "--max-new-tokens", "5")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert lines[0].strip().startswith("SAM:") and lines[1].strip().startswith("baseline:")
+    assert "guidance is the identity" in done.stderr
+
+
+def test_json_result_has_model_info_and_timings():
+    done = run_cli("generate", "--images", *EXAMPLE, "--prompt", "what is shared?", "--json", "--preset", "paper", "--max-new-tokens", "4")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["model"]["source"] == "embedded" and result["model"]["guidance_identity"] is True
+    assert result["images"] == ["1.png", "2.png", "3.png"]
+    for answer in result["answers"].values():
+        assert answer["seconds"] > 0 and answer["new_tokens"] > 0
+    assert not any("/" in value for value in result["images"])
+
+
+def test_bad_input_is_one_readable_line_and_nonzero_exit(tmp_path):
+    fake = tmp_path / "fake.png"
+    fake.write_text("not an image")
+    done = run_cli("generate", "--images", str(fake), "--task", "group")
+    assert done.returncode == 2 and done.stderr.strip() == "error: fake.png: not a readable image (UnidentifiedImageError)"
+    story = run_cli("generate", "--images", *EXAMPLE, "--task", "story", "--captions", "only one")
+    assert story.returncode == 2 and "one caption per image but the last" in story.stderr
+    assert "Traceback" not in done.stderr + story.stderr
+
+
+def test_info_describes_the_embedded_model():
+    done = run_cli("info", "--context", "others")
+    assert done.returncode == 0, done.stderr
+    info = json.loads(done.stdout)
+    assert info["context"] == "others" and info["num_query_tokens"] == 4 and "warning" in info
