@@ -202,3 +202,18 @@ def test_answer_only_loss_trains_only_through_labels(make_model, processor, thre
     output.loss.backward()
     assert output.loss.item() > 0
     assert model.guidance.context_to_image.weight.grad.abs().sum() > 0
+
+
+def test_encoder_decoder_language_model_generates(make_model, processor, three_images):
+    tokenizer = processor.tokenizer
+    t5 = {
+        "model_type": "t5", "vocab_size": len(tokenizer), "d_model": 32, "d_kv": 8, "d_ff": 64, "num_layers": 1,
+        "num_decoder_layers": 1, "num_heads": 4, "decoder_start_token_id": tokenizer.pad_token_id,
+        "pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id,
+    }
+    model = make_model(text_config=t5)
+    assert not model.config.use_decoder_only_language_model
+    inputs = processor(three_images, "what is shared ?")
+    sam = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    baseline = model.generate(**inputs, guidance=False, max_new_tokens=4, do_sample=False)
+    assert sam.shape == (1, 4) and torch.equal(sam, baseline)
