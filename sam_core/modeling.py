@@ -70,6 +70,16 @@ class SamGuidance(nn.Module):
         self.image_to_context = nn.Linear(qformer_width, qformer_width)  # A→B, zero-initialised
         self.context_to_image = nn.Linear(qformer_width, qformer_width)  # B→A, zero-initialised
 
+    def guide_context(self, hidden_context: torch.Tensor, hidden_image: torch.Tensor) -> torch.Tensor:
+        """hB + A→B(hA): the current image's tokens guide context selection (weights may be fp32 over fp16 states)."""
+        weight = self.image_to_context.weight
+        return hidden_context + self.image_to_context(hidden_image.to(weight.dtype)).to(hidden_context.dtype)
+
+    def guide_image(self, hidden_image: torch.Tensor, hidden_context: torch.Tensor) -> torch.Tensor:
+        """hA + B→A(hB'): the selected contextual semantics guide extraction."""
+        weight = self.context_to_image.weight
+        return hidden_image + self.context_to_image(hidden_context.to(weight.dtype)).to(hidden_image.dtype)
+
     def context_features(self, patch_features: torch.Tensor, context: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Pool the context image(s) Î from the patch features F (B, N, P, D).
 
@@ -77,15 +87,15 @@ class SamGuidance(nn.Module):
             "all":    alpha (B, N, P),    Î (B, P, D)     — one context shared by every image;
             "others": alpha (B, N, N, P), Î (B, N, P, D)  — image i's context pools images j ≠ i.
         """
-        scores = self.patch_scorer(patch_features.to(self.patch_scorer.weight.dtype)).squeeze(-1)  # (B, N, P)
+        scores = self.patch_scorer(patch_features.to(self.patch_scorer.weight.dtype)).squeeze(-1).float()  # (B, N, P)
         if context == "all":
-            alpha = scores.float().softmax(dim=1)  # (B, N, P)
+            alpha = scores.softmax(dim=1)  # (B, N, P)
             pooled = torch.einsum("bnp,bnpd->bpd", alpha.to(patch_features.dtype), patch_features)
             return alpha, pooled
         num_images = scores.shape[1]
         own_image = torch.eye(num_images, dtype=torch.bool, device=scores.device)[None, :, :, None]  # (1, N, N, 1)
         pair_scores = scores[:, None, :, :].expand(-1, num_images, -1, -1)  # (B, N_target, N_source, P)
-        alpha = pair_scores.float().masked_fill(own_image, float("-inf")).softmax(dim=2)  # (B, N, N, P)
+        alpha = pair_scores.masked_fill(own_image, float("-inf")).softmax(dim=2)  # (B, N, N, P)
         pooled = torch.einsum("btsp,bspd->btpd", alpha.to(patch_features.dtype), patch_features)
         return alpha, pooled
 
@@ -239,9 +249,9 @@ class SamForConditionalGeneration(InstructBlipForConditionalGeneration):
                     context_kv = context_kv.repeat_interleave(num_images, dim=0)  # (B·N, P, D)
                     context_attn = repeat_rows(context_attn, num_images)
                 # Bidirectional exchange at layer e (out-of-place adds over the whole sequence).
-                hidden_b = hidden_b + self.guidance.image_to_context(hidden_a)  # image tokens guide context selection
+                hidden_b = self.guidance.guide_context(hidden_b, hidden_a)
                 hidden_b = self._qformer_layer(exchange, hidden_b, image_mask, context_kv, context_attn)
-                sam_hidden = hidden_a + self.guidance.context_to_image(hidden_b)  # selected context guides extraction
+                sam_hidden = self.guidance.guide_image(hidden_a, hidden_b)
                 sam_attn = copy_list(image_attn)
                 for index in range(exchange, num_layers):
                     sam_hidden = self._qformer_layer(index, sam_hidden, image_mask, image_kv, sam_attn)

@@ -1,0 +1,343 @@
+"""MiniLINK: a procedural stand-in for MmLINK (DESIGN.md §3), and datasets in the authors' annotation schema.
+
+Every sample is a group of strongly different images (varied backgrounds, several coloured shapes each) that
+share exactly one object, the *linked* object; all other objects are distractors, none of which is in every
+image. Tasks follow the paper: group captioning (name the shared object) and storytelling (the character
+named in the captions is the linked object; the missing last caption must say what it is and where it
+stands in the last image). Everything is deterministic from (seed, index).
+"""
+
+import json
+import math
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from .processing import group_caption_prompt, storytelling_prompt
+
+COLOURS = {
+    "red": (220, 30, 30),
+    "green": (30, 170, 60),
+    "blue": (40, 80, 230),
+    "yellow": (245, 220, 30),
+    "orange": (250, 140, 20),
+    "purple": (140, 50, 190),
+    "pink": (250, 130, 190),
+    "white": (250, 250, 250),
+    "black": (10, 10, 10),
+    "cyan": (40, 215, 225),
+    "brown": (125, 75, 25),
+}
+SHAPES = ("circle", "square", "triangle", "star", "heart", "diamond", "cross", "ring", "moon", "hexagon")
+GRID = 3  # objects sit in distinct cells of a 3×3 grid, so every object is visible and has a place name
+PLACES = (("top left", "top", "top right"), ("left", "middle", "right"), ("bottom left", "bottom", "bottom right"))
+NAMES = ("bobo", "lulu", "kiki", "momo", "pip", "zaza", "tito", "nina", "rex", "dodo")
+VERBS = ("jumps", "sleeps", "dances", "waits", "runs", "sings", "hides", "smiles")
+BACKGROUNDS = ("flat", "gradient", "stripes", "checker", "noise", "dots")
+TASKS = ("group", "story", "question")
+COLOUR_QUESTION = "What colour is the shape that is in every picture?"
+SHAPE_QUESTION = "Which shape is in every picture?"
+
+
+def minilink_vocabulary() -> list[str]:
+    """Every word MiniLINK prompts and answers use (for the word-level tokenizers)."""
+    texts = [group_caption_prompt(n) for n in range(1, 11)] + [storytelling_prompt([]), COLOUR_QUESTION, SHAPE_QUESTION]
+    texts += ["every picture shows a", "the", "is at the", "caption image # { } : . , ?"]
+    words = [w for text in texts for w in text.lower().replace("?", " ? ").replace(".", " . ").replace(",", " , ").split()]
+    places = [w for row in PLACES for place in row for w in place.split()]
+    return list(dict.fromkeys(words + list(COLOURS) + list(SHAPES) + places + list(NAMES) + list(VERBS) + [str(d) for d in range(10)]))
+
+
+@dataclass(frozen=True)
+class MiniLinkConfig:
+    """Difficulty knobs. `alike` is the chance that a distractor shares the colour or the shape of the
+    linked object, which makes the images harder to tell apart by one attribute."""
+
+    min_images: int = 3
+    max_images: int = 5
+    min_objects: int = 3
+    max_objects: int = 5
+    alike: float = 0.5
+    image_size: int = 64
+    tasks: tuple[str, ...] = TASKS
+
+
+@dataclass
+class SceneObject:
+    colour: str
+    shape: str
+    cell: tuple[int, int]  # (row, column) in the grid
+    box: tuple[int, int, int, int]
+
+    @property
+    def name(self) -> str:
+        return f"{self.colour} {self.shape}"
+
+    @property
+    def place(self) -> str:
+        return PLACES[self.cell[0]][self.cell[1]]
+
+
+@dataclass
+class MiniLinkSample:
+    id: str
+    task: str
+    images: list[Image.Image]
+    instruction: str
+    output: str
+    linked: str  # "colour shape"
+    scenes: list[list[SceneObject]] = field(repr=False)
+
+    def to_annotation(self, image_names: list[str]) -> dict:
+        """The authors' schema plus the fields task accuracy needs."""
+        return {
+            "id": self.id,
+            "img_list": image_names,
+            "instruction": self.instruction,
+            "output": self.output,
+            "task": self.task,
+            "linked": self.linked,
+        }
+
+
+def draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: tuple[int, int, int, int], colour) -> None:
+    x0, y0, x1, y1 = box
+    cx, cy, r = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2
+
+    def polygon(points):
+        draw.polygon([(cx + r * px, cy + r * py) for px, py in points], fill=colour)
+
+    if shape == "circle":
+        draw.ellipse(box, fill=colour)
+    elif shape == "square":
+        draw.rectangle([x0 + r * 0.15, y0 + r * 0.15, x1 - r * 0.15, y1 - r * 0.15], fill=colour)
+    elif shape == "triangle":
+        polygon([(0, -1), (1, 0.85), (-1, 0.85)])
+    elif shape == "star":
+        polygon([(math.cos(a) * rad, math.sin(a) * rad) for k in range(10) for a, rad in [(-math.pi / 2 + k * math.pi / 5, 1 if k % 2 == 0 else 0.45)]])
+    elif shape == "heart":
+        draw.ellipse([cx - r, cy - r * 0.8, cx, cy + r * 0.1], fill=colour)
+        draw.ellipse([cx, cy - r * 0.8, cx + r, cy + r * 0.1], fill=colour)
+        polygon([(-0.97, -0.2), (0.97, -0.2), (0, 1)])
+    elif shape == "diamond":
+        polygon([(0, -1), (0.7, 0), (0, 1), (-0.7, 0)])
+    elif shape == "cross":
+        polygon([(-0.3, -1), (0.3, -1), (0.3, -0.3), (1, -0.3), (1, 0.3), (0.3, 0.3), (0.3, 1), (-0.3, 1), (-0.3, 0.3), (-1, 0.3), (-1, -0.3), (-0.3, -0.3)])
+    elif shape == "ring":
+        draw.ellipse(box, outline=colour, width=max(2, int(r * 0.45)))
+    elif shape == "moon":
+        outer = [(math.cos(a), math.sin(a)) for a in [math.pi / 2 + k * math.pi / 12 for k in range(13)]]
+        inner = [(0.45 * math.cos(a) - 0.1, math.sin(a)) for a in [3 * math.pi / 2 - k * math.pi / 12 for k in range(13)]]
+        polygon(outer + inner)
+    elif shape == "hexagon":
+        polygon([(math.cos(k * math.pi / 3), math.sin(k * math.pi / 3)) for k in range(6)])
+    else:
+        raise ValueError(f"unknown shape {shape!r}")
+
+
+def muted_colour(rng: random.Random) -> tuple[int, int, int]:
+    """Mid-tone, low-saturation background colours, so black, white and every object colour stay visible."""
+    base = rng.randint(70, 175)
+    return tuple(max(0, min(255, base + rng.randint(-35, 35))) for _ in range(3))
+
+
+def render_background(rng: random.Random, size: int) -> Image.Image:
+    kind = rng.choice(BACKGROUNDS)
+    first, second = muted_colour(rng), muted_colour(rng)
+    image = Image.new("RGB", (size, size), first)
+    draw = ImageDraw.Draw(image)
+    if kind == "gradient":
+        vertical = rng.random() < 0.5
+        for t in range(size):
+            mix = tuple(int(a + (b - a) * t / (size - 1)) for a, b in zip(first, second))
+            draw.line([(0, t), (size - 1, t)] if vertical else [(t, 0), (t, size - 1)], fill=mix)
+    elif kind == "stripes":
+        width = rng.randint(3, 8)
+        for start in range(-size, size, 2 * width):
+            draw.polygon([(start, 0), (start + width, 0), (start + width + size, size), (start + size, size)], fill=second)
+    elif kind == "checker":
+        cell = rng.randint(4, 10)
+        for row in range(0, size, cell):
+            for column in range(0, size, cell):
+                if (row // cell + column // cell) % 2:
+                    draw.rectangle([column, row, column + cell - 1, row + cell - 1], fill=second)
+    elif kind == "noise":
+        noise = np.random.default_rng(rng.getrandbits(32)).integers(-30, 31, (size, size, 3))
+        image = Image.fromarray(np.clip(np.asarray(image, dtype=np.int16) + noise, 0, 255).astype(np.uint8))
+    elif kind == "dots":
+        for _ in range(size // 3):
+            x, y, rad = rng.randrange(size), rng.randrange(size), rng.randint(1, 3)
+            draw.ellipse([x - rad, y - rad, x + rad, y + rad], fill=second)
+    return image
+
+
+def place_objects(rng: random.Random, kinds: list[tuple[str, str]], size: int) -> list[SceneObject]:
+    cells = rng.sample([(row, column) for row in range(GRID) for column in range(GRID)], len(kinds))
+    cell_size = size / GRID
+    objects = []
+    for (colour, shape), (row, column) in zip(kinds, cells):
+        extent = rng.uniform(0.6, 0.9) * cell_size
+        x0 = column * cell_size + rng.uniform(0, cell_size - extent)
+        y0 = row * cell_size + rng.uniform(0, cell_size - extent)
+        objects.append(SceneObject(colour, shape, (row, column), (round(x0), round(y0), round(x0 + extent), round(y0 + extent))))
+    return objects
+
+
+def render_scene(rng: random.Random, objects: list[SceneObject], size: int) -> Image.Image:
+    image = render_background(rng, size)
+    draw = ImageDraw.Draw(image)
+    for obj in objects:
+        draw_shape(draw, obj.shape, obj.box, COLOURS[obj.colour])
+    return image
+
+
+def pick_distractor(rng: random.Random, linked: tuple[str, str], alike: float, taken: set) -> tuple[str, str]:
+    colour, shape = linked
+    while True:
+        if rng.random() < alike:
+            kind = (colour, rng.choice(SHAPES)) if rng.random() < 0.5 else (rng.choice(list(COLOURS)), shape)
+        else:
+            kind = (rng.choice(list(COLOURS)), rng.choice(SHAPES))
+        if kind != linked and kind not in taken:
+            return kind
+
+
+def sample_rng(seed: int, index: int) -> random.Random:
+    return random.Random(f"minilink-{seed}-{index}")
+
+
+def num_images_of(seed: int, index: int, config: MiniLinkConfig) -> int:
+    """N of a sample without rendering it (the first draw of its generator), for batching by N."""
+    return sample_rng(seed, index).randint(config.min_images, config.max_images)
+
+
+def make_sample(seed: int, index: int, config: MiniLinkConfig = MiniLinkConfig()) -> MiniLinkSample:
+    rng = sample_rng(seed, index)
+    num_images = rng.randint(config.min_images, config.max_images)
+    task = rng.choice(config.tasks)
+    linked = (rng.choice(list(COLOURS)), rng.choice(SHAPES))
+    scenes = []
+    while True:
+        kinds_per_image = []
+        for _ in range(num_images):
+            count = rng.randint(config.min_objects, config.max_objects)
+            kinds = {linked}
+            while len(kinds) < count:
+                kinds.add(pick_distractor(rng, linked, config.alike, kinds))
+            kinds_per_image.append(sorted(kinds))
+        if set.intersection(*(set(k) for k in kinds_per_image)) == {linked}:
+            break  # no distractor is in every image
+    for kinds in kinds_per_image:
+        rng.shuffle(kinds)
+        scenes.append(place_objects(rng, kinds, config.image_size))
+    images = [render_scene(rng, objects, config.image_size) for objects in scenes]
+    linked_name = f"{linked[0]} {linked[1]}"
+    if task == "group":
+        instruction, output = group_caption_prompt(num_images), f"every picture shows a {linked_name} ."
+    elif task == "story":
+        name = rng.choice(NAMES)
+        captions = [f"{name} {rng.choice(VERBS)} ." for _ in range(num_images - 1)]
+        last_place = next(obj.place for obj in scenes[-1] if (obj.colour, obj.shape) == linked)
+        instruction, output = storytelling_prompt(captions), f"{name} the {linked_name} is at the {last_place} ."
+    else:
+        if rng.random() < 0.5:
+            instruction, output = COLOUR_QUESTION, f"{linked[0]} ."
+        else:
+            instruction, output = SHAPE_QUESTION, f"{linked[1]} ."
+    return MiniLinkSample(f"{seed}-{index}", task, images, instruction, output, linked_name, scenes)
+
+
+class MiniLink:
+    """A split of `size` samples generated on demand from `seed` (train/dev/test use disjoint seeds)."""
+
+    def __init__(self, seed: int, size: int, config: MiniLinkConfig = MiniLinkConfig()):
+        self.seed, self.size, self.config = seed, size, config
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> MiniLinkSample:
+        if not 0 <= index < self.size:
+            raise IndexError(index)
+        return make_sample(self.seed, index, self.config)
+
+    def num_images(self, index: int) -> int:
+        return num_images_of(self.seed, index, self.config)
+
+
+SPLIT_SEEDS = {"train": 0, "dev": 1, "test": 2}
+
+
+def write_split(directory: str | Path, seed: int, size: int, config: MiniLinkConfig = MiniLinkConfig()) -> Path:
+    """Write images and `annotations.json` (authors' schema) for a split; returns the annotations path."""
+    directory = Path(directory)
+    (directory / "images").mkdir(parents=True, exist_ok=True)
+    annotations = []
+    for index in range(size):
+        sample = make_sample(seed, index, config)
+        names = []
+        for k, image in enumerate(sample.images):
+            name = f"images/{sample.id}_{k}.png"
+            image.save(directory / name)
+            names.append(name)
+        annotations.append(sample.to_annotation(names))
+    path = directory / "annotations.json"
+    path.write_text(json.dumps(annotations, indent=1))
+    return path
+
+
+class AnnotationDataset:
+    """A dataset in the authors' schema: a JSON list of {id, img_list, instruction, output} with image paths
+    relative to the JSON file's folder (or absolute). Items are (image paths, instruction, output, record)."""
+
+    def __init__(self, annotations: str | Path):
+        self.path = Path(annotations)
+        self.root = self.path.parent
+        records = json.loads(self.path.read_text())
+        if not isinstance(records, list):
+            raise ValueError(f"{self.path.name}: expected a JSON list of samples")
+        for record in records:
+            missing = {"id", "img_list", "instruction", "output"} - set(record)
+            if missing:
+                raise ValueError(f"{self.path.name}: sample {record.get('id', '?')} lacks {sorted(missing)}")
+        self.records = records
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int):
+        record = self.records[index]
+        return [self.root / name for name in record["img_list"]], record["instruction"], record["output"], record
+
+    def num_images(self, index: int) -> int:
+        return len(self.records[index]["img_list"])
+
+
+def names_linked_object(answer: str, linked: str) -> bool:
+    """Task accuracy: the answer names the linked object (its colour and its shape, together)."""
+    return linked in " ".join(answer.lower().replace(".", " ").replace(",", " ").split())
+
+
+def main(argv=None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Write MiniLINK splits in the authors' annotation schema.")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--splits", nargs="+", default=["train", "dev", "test"], choices=sorted(SPLIT_SEEDS))
+    parser.add_argument("--size", type=int, default=500)
+    parser.add_argument("--min-images", type=int, default=MiniLinkConfig.min_images)
+    parser.add_argument("--max-images", type=int, default=MiniLinkConfig.max_images)
+    parser.add_argument("--min-objects", type=int, default=MiniLinkConfig.min_objects)
+    parser.add_argument("--max-objects", type=int, default=MiniLinkConfig.max_objects)
+    parser.add_argument("--alike", type=float, default=MiniLinkConfig.alike)
+    args = parser.parse_args(argv)
+    config = MiniLinkConfig(args.min_images, args.max_images, args.min_objects, args.max_objects, args.alike)
+    for split in args.splits:
+        print(write_split(Path(args.out) / split, SPLIT_SEEDS[split], args.size, config))
+
+
+if __name__ == "__main__":
+    main()

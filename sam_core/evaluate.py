@@ -1,0 +1,208 @@
+"""Evaluation: SAM next to the baseline on the same samples, with the authors' metrics and task accuracy.
+
+    python -m sam_core.evaluate --model checkpoints/minilink --data minilink --size 600 --out runs/eval
+    python -m sam_core.evaluate --model k1=runs/k1/sam k2=runs/k2/sam --num-images 2 3 4 5 6 --tasks group
+
+Writes predictions.json, results.json, results.md and results.png to --out and prints the markdown table.
+`--data` is "minilink" (the held-out test split, generated from its own seed) or an annotations.json in the
+authors' schema (records may carry "task" and "linked" for accuracy).
+"""
+
+import argparse
+import json
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from .data import TASKS, AnnotationDataset, MiniLink, MiniLinkConfig, SPLIT_SEEDS, names_linked_object
+from .generation import generation_kwargs
+from .loading import LoadedSam, load_sam
+from .metrics import bootstrap_interval, paired_bootstrap_ratio, score_captions
+from .processing import load_image
+from .train import batch_indices
+
+MODES = ("sam", "baseline")
+
+
+@dataclass
+class Prediction:
+    id: str
+    task: str
+    linked: str | None
+    reference: str
+    answers: dict[str, str]
+
+
+def load_items(dataset, indices):
+    """(image sets, prompts, references, records) for a batch of indices of either dataset kind."""
+    image_sets, prompts, references, records = [], [], [], []
+    for index in indices:
+        item = dataset[index]
+        if isinstance(item, tuple):
+            paths, prompt, reference, record = item
+            image_sets.append([load_image(path) for path in paths])
+        else:
+            image_sets.append(item.images)
+            prompt, reference = item.instruction, item.output
+            record = {"id": item.id, "task": item.task, "linked": item.linked}
+        prompts.append(prompt)
+        references.append(reference)
+        records.append(record)
+    return image_sets, prompts, references, records
+
+
+@torch.no_grad()
+def predict(loaded: LoadedSam, dataset, modes=MODES, batch_size: int = 16, preset: str = "greedy", **overrides) -> list[Prediction]:
+    """Answers of every mode for every sample; SAM and baseline share one vision pass per batch."""
+    model, processor = loaded.model, loaded.processor
+    settings = generation_kwargs(preset, **overrides)
+    device = model.query_tokens.device
+    predictions = []
+    for indices in sorted(batch_indices(dataset, batch_size, seed=0, epoch=0), key=min):
+        image_sets, prompts, references, records = load_items(dataset, indices)
+        inputs = processor(image_sets, prompts).to(device)
+        ids, mask, pixels = inputs["qformer_input_ids"], inputs["qformer_attention_mask"], inputs["pixel_values"]
+        if set(modes) == set(MODES):
+            sam, baseline = model.extract_compare(ids, mask, pixels)
+            visual = {"sam": sam, "baseline": baseline}
+        else:
+            visual = {mode: model.extract_visual_tokens(ids, mask, pixels, guidance=mode == "sam") for mode in modes}
+        texts = {
+            mode: processor.decode(
+                model.generate(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], visual=tokens, **settings)
+            )
+            for mode, tokens in visual.items()
+        }
+        for row, (reference, record) in enumerate(zip(references, records)):
+            predictions.append(
+                Prediction(str(record["id"]), record.get("task", "all"), record.get("linked"), reference,
+                           {mode: texts[mode][row] for mode in modes})
+            )
+    return predictions
+
+
+def summarise(predictions: list[Prediction], modes=MODES, meteor: bool = True) -> list[dict]:
+    """One row per (task, mode): n, BLEU-4, ROUGE-L, CIDEr, METEOR, accuracy (all ×100), with 95% intervals;
+    a SAM ÷ baseline CIDEr ratio with a paired bootstrap interval on the SAM rows."""
+    rows = []
+    for task in sorted({p.task for p in predictions}, key=lambda t: (TASKS + (t,)).index(t)):
+        subset = [p for p in predictions if p.task == task]
+        per_mode = {}
+        for mode in modes:
+            scores = score_captions([p.answers[mode] for p in subset], [p.reference for p in subset], meteor=meteor)
+            row = {"task": task, "mode": mode, **scores.to_dict()}
+            row["cider_ci"] = bootstrap_interval(scores.per_sample["cider"])
+            if all(p.linked for p in subset):
+                correct = [100.0 * names_linked_object(p.answers[mode], p.linked) for p in subset]
+                row["accuracy"] = sum(correct) / len(correct)
+                row["accuracy_ci"] = bootstrap_interval(correct)
+                per_mode.setdefault("accuracy", {})[mode] = correct
+            per_mode.setdefault("cider", {})[mode] = scores.per_sample["cider"]
+            rows.append(row)
+        if set(MODES) <= set(modes):
+            sam_row = next(r for r in rows if r["task"] == task and r["mode"] == "sam")
+            try:
+                sam_row["cider_ratio"] = paired_bootstrap_ratio(per_mode["cider"]["sam"], per_mode["cider"]["baseline"])
+            except ValueError:  # the baseline scores 0 (in some resamples): no finite ratio
+                sam_row["cider_ratio"] = None
+    return rows
+
+
+def markdown_table(rows: list[dict], label: str = "") -> str:
+    header = "| model | task | mode | n | BLEU-4 | ROUGE-L | CIDEr (95% CI) | METEOR | accuracy % (95% CI) | CIDEr SAM ÷ baseline (95% CI) |"
+    lines = [header, "|" + "---|" * 10]
+    for r in rows:
+        accuracy = f"{r['accuracy']:.1f} ({r['accuracy_ci'][0]:.1f}–{r['accuracy_ci'][1]:.1f})" if "accuracy" in r else "–"
+        ratio = "–" if r.get("cider_ratio", 0) is not None else "undefined (baseline CIDEr 0)"
+        if r.get("cider_ratio"):
+            value, low, high = r["cider_ratio"]
+            ratio = f"{value:.2f}× ({low:.2f}–{high:.2f})"
+        meteor = f"{r['meteor']:.1f}" if r.get("meteor") is not None else "–"
+        lines.append(
+            f"| {r.get('model', label)} | {r['task']} | {r['mode']} | {r['n']} | {r['bleu4']:.1f} | {r['rouge_l']:.1f} "
+            f"| {r['cider']:.1f} ({r['cider_ci'][0]:.1f}–{r['cider_ci'][1]:.1f}) | {meteor} | {accuracy} | {ratio} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """CIDEr and accuracy per task (and per model/N when sweeping), SAM next to the baseline."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = list(dict.fromkeys((r.get("model", ""), r["task"]) for r in rows))
+    metrics = [m for m in ("cider", "accuracy") if any(m in r for r in rows)]
+    figure, axes = plt.subplots(1, len(metrics), figsize=(max(5, 1.3 * len(groups)) * len(metrics), 3.6), squeeze=False)
+    for axis, metric in zip(axes[0], metrics):
+        for offset, (mode, colour) in enumerate((("baseline", "#9e9e9e"), ("sam", "#1f77b4"))):
+            values = [next((r.get(metric, 0) for r in rows if (r.get("model", ""), r["task"]) == g and r["mode"] == mode), 0) for g in groups]
+            axis.bar([i + (offset - 0.5) * 0.38 for i in range(len(groups))], values, width=0.38, color=colour, label=mode)
+        axis.set_xticks(range(len(groups)), [f"{m}\n{t}".strip() for m, t in groups], fontsize=8)
+        axis.set_title("CIDEr" if metric == "cider" else "task accuracy (%)")
+        axis.legend(frameon=False, fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def open_eval_dataset(data: str, size: int, num_images: int | None):
+    if data == "minilink":
+        config = MiniLinkConfig() if num_images is None else MiniLinkConfig(min_images=num_images, max_images=num_images)
+        return MiniLink(SPLIT_SEEDS["test"], size, config)
+    return AnnotationDataset(data)
+
+
+def only_tasks(dataset, tasks):
+    """MiniLINK restricted to some tasks (regenerates the split with those task weights, same seed)."""
+    if tasks is None or not isinstance(dataset, MiniLink):
+        return dataset
+    return MiniLink(dataset.seed, dataset.size, replace(dataset.config, tasks=tuple(tasks)))
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", nargs="+", default=[None], help="PATH or LABEL=PATH (several for a sweep); default: embedded")
+    parser.add_argument("--data", default="minilink")
+    parser.add_argument("--size", type=int, default=600, help="MiniLINK test samples")
+    parser.add_argument("--num-images", type=int, nargs="*", default=None, help="MiniLINK: evaluate at these fixed N")
+    parser.add_argument("--tasks", nargs="*", default=None, choices=TASKS)
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    parser.add_argument("--preset", default="greedy")
+    parser.add_argument("--max-new-tokens", type=int, default=24)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--no-meteor", action="store_true")
+    parser.add_argument("--out", default="runs/eval")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    all_rows, all_predictions = [], {}
+    for spec in args.model:
+        label, _, path = (spec or "embedded").rpartition("=") if spec and "=" in spec else ("", "", spec)
+        loaded = load_sam(path)
+        for num_images in args.num_images or [None]:
+            dataset = only_tasks(open_eval_dataset(args.data, args.size, num_images), args.tasks)
+            start = time.perf_counter()
+            predictions = predict(loaded, dataset, args.modes, args.batch_size, args.preset, max_new_tokens=args.max_new_tokens)
+            seconds = time.perf_counter() - start
+            name = " ".join(x for x in (label or (path or "embedded"), f"N={num_images}" if num_images else "") if x)
+            rows = summarise(predictions, args.modes, meteor=not args.no_meteor)
+            for row in rows:
+                row["model"], row["seconds"] = name, seconds
+            all_rows += rows
+            all_predictions[name] = [p.__dict__ for p in predictions]
+    table = markdown_table(all_rows)
+    (out / "predictions.json").write_text(json.dumps(all_predictions, indent=1))
+    (out / "results.json").write_text(json.dumps(all_rows, indent=1))
+    command = "python -m sam_core.evaluate " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
+    (out / "results.md").write_text(f"{table}\n\nMade by `{command}` (decoding: {args.preset}, max {args.max_new_tokens} new tokens).\n")
+    plot(all_rows, out / "results.png")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

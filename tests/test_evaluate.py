@@ -1,0 +1,57 @@
+import json
+
+import pytest
+import torch
+
+from sam_core.data import MiniLink, MiniLinkConfig
+from sam_core.evaluate import main, markdown_table, predict, summarise
+from sam_core.generation import SamPipeline
+from sam_core.loading import LoadedSam, ModelInfo
+
+
+@pytest.fixture
+def loaded(make_model, processor):
+    model = make_model(active=True)
+    return LoadedSam(model, processor, ModelInfo("tiny", "test", "none", "cpu", "float32", None, "all", 3, 4, False))
+
+
+def test_batched_predictions_equal_one_by_one_generation(loaded):
+    dataset = MiniLink(2, 6, MiniLinkConfig(min_images=2, max_images=3))
+    predictions = predict(loaded, dataset, batch_size=4, max_new_tokens=6)
+    assert sorted(p.id for p in predictions) == sorted(dataset[i].id for i in range(6))
+    pipeline = SamPipeline(loaded)
+    for prediction in predictions:
+        sample = dataset[int(prediction.id.split("-")[1])]
+        single = pipeline.generate(sample.images, sample.instruction, max_new_tokens=6)
+        assert prediction.answers == {mode: answer.text for mode, answer in single.answers.items()}
+        assert prediction.reference == sample.output and prediction.linked == sample.linked
+
+
+def test_summary_rows_report_every_metric_with_intervals(loaded):
+    dataset = MiniLink(2, 8, MiniLinkConfig(tasks=("group",)))
+    rows = summarise(predict(loaded, dataset, max_new_tokens=6), meteor=False)
+    assert [(r["task"], r["mode"]) for r in rows] == [("group", "sam"), ("group", "baseline")]
+    for row in rows:
+        assert row["n"] == 8 and {"bleu4", "rouge_l", "cider", "accuracy", "cider_ci", "accuracy_ci"} <= set(row)
+    assert rows[0]["cider_ratio"] is None or len(rows[0]["cider_ratio"]) == 3
+    assert "| group | sam | 8 |" in markdown_table(rows, "tiny")
+
+
+def test_known_answers_score_perfect_accuracy(loaded, monkeypatch):
+    dataset = MiniLink(2, 6, MiniLinkConfig(tasks=("group",)))
+    perfect = {dataset[i].id: dataset[i].output for i in range(6)}
+    predictions = predict(loaded, dataset, max_new_tokens=2)
+    for prediction in predictions:
+        prediction.answers["sam"] = perfect[prediction.id]
+    rows = summarise(predictions, meteor=False)
+    assert rows[0]["accuracy"] == 100.0 and rows[0]["rouge_l"] > 99.9
+    assert rows[1]["accuracy"] < 100.0
+
+
+def test_command_writes_predictions_table_and_plot(tmp_path, tiny_checkpoint, capsys):
+    main(["--model", f"tiny={tiny_checkpoint}", "--size", "4", "--num-images", "2", "3", "--tasks", "group",
+          "--max-new-tokens", "3", "--no-meteor", "--out", str(tmp_path)])
+    assert "| tiny N=2 | group | sam |" in capsys.readouterr().out
+    rows = json.loads((tmp_path / "results.json").read_text())
+    assert {r["model"] for r in rows} == {"tiny N=2", "tiny N=3"}
+    assert (tmp_path / "results.png").stat().st_size > 1000 and "Made by" in (tmp_path / "results.md").read_text()

@@ -1,0 +1,55 @@
+import json
+
+import torch
+
+from sam_core.data import write_split
+from sam_core.loading import load_sam
+from sam_core.train import MiniLinkModelSize, TrainConfig, train
+
+MICRO = MiniLinkModelSize(num_query_tokens=1, image_size=32, vision_width=32, vision_layers=1, qformer_width=32,
+                          qformer_layers=2, llm_width=32, llm_layers=1)
+
+
+def micro_run(out, stage="baseline", **overrides):
+    settings = dict(stage=stage, out=str(out), train_size=64, batch_size=8, lr=3e-3, warmup=2, log_every=5,
+                    save_every=10, size=MICRO, max_images=3)
+    settings.update(overrides)
+    return train(TrainConfig(**settings))
+
+
+def test_baseline_training_lowers_the_loss_and_writes_a_loadable_checkpoint(tmp_path):
+    log = micro_run(tmp_path / "base", steps=40)
+    losses = [entry["loss"] for entry in log["loss"]]
+    assert losses[-1] < 0.7 * losses[0]
+    loaded = load_sam(str(tmp_path / "base"))
+    assert loaded.info.guidance_identity  # stage 1 never touches SAM's adapter
+    saved = json.loads((tmp_path / "base" / "training_log.json").read_text())
+    assert saved["config"]["seed"] == 0 and saved["seconds"] > 0
+
+
+def test_sam_stage_trains_only_the_adapter(tmp_path):
+    micro_run(tmp_path / "base", steps=10)
+    before = load_sam(str(tmp_path / "base")).model.state_dict()
+    log = micro_run(tmp_path / "sam", stage="sam", model=str(tmp_path / "base"), steps=10, lr=1e-2)
+    after = load_sam(str(tmp_path / "sam"))
+    assert not after.info.guidance_identity
+    width = MICRO.qformer_width
+    assert log["trainable_parameters"] == MICRO.vision_width + 1 + 2 * (width * width + width)
+    changed = {k for k, v in after.model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed and all(k.startswith("guidance.") for k in changed)
+    assert (tmp_path / "sam" / "sam_adapter.safetensors").exists()
+
+
+def test_training_resumes_where_it_stopped(tmp_path):
+    micro_run(tmp_path / "run", steps=10)
+    log = micro_run(tmp_path / "run", steps=15)
+    assert [entry["step"] for entry in log["loss"]] == [5, 10, 15]
+
+
+def test_adapter_fine_tuning_on_a_four_bit_model_with_authors_schema_data(tmp_path, tiny_checkpoint):
+    annotations = write_split(tmp_path / "data", seed=5, size=8)
+    log = micro_run(tmp_path / "sam4", stage="sam", model=str(tiny_checkpoint), data=str(annotations),
+                    quantization="4bit", steps=3, batch_size=4)
+    assert len(log["loss"]) == 1 and torch.isfinite(torch.tensor(log["loss"][0]["loss"]))
+    adapter = load_sam(str(tiny_checkpoint), adapter=tmp_path / "sam4" / "sam_adapter.safetensors")
+    assert not adapter.info.guidance_identity
