@@ -19,7 +19,7 @@ import torch
 from .data import TASKS, AnnotationDataset, MiniLink, MiniLinkConfig, SPLIT_SEEDS, names_linked_object
 from .generation import generation_kwargs
 from .loading import LoadedSam, load_sam
-from .metrics import bootstrap_interval, paired_bootstrap_ratio, score_captions
+from .metrics import bootstrap_interval, normalize_answer, paired_bootstrap_ratio, score_captions
 from .processing import load_image
 from .train import batch_indices
 
@@ -83,6 +83,15 @@ def predict(loaded: LoadedSam, dataset, modes=MODES, batch_size: int = 16, prese
     return predictions
 
 
+def answer_is_correct(prediction: Prediction, mode: str) -> bool:
+    """Group captioning and storytelling: the answer names the linked object; a question: the answer is the
+    reference (after the authors' normalisation)."""
+    answer = prediction.answers[mode]
+    if prediction.task == "question":
+        return normalize_answer(answer) == normalize_answer(prediction.reference)
+    return names_linked_object(answer, prediction.linked)
+
+
 def summarise(predictions: list[Prediction], modes=MODES, meteor: bool = True) -> list[dict]:
     """One row per (task, mode): n, BLEU-4, ROUGE-L, CIDEr, METEOR, accuracy (all ×100), with 95% intervals;
     a SAM ÷ baseline CIDEr ratio with a paired bootstrap interval on the SAM rows."""
@@ -95,7 +104,7 @@ def summarise(predictions: list[Prediction], modes=MODES, meteor: bool = True) -
             row = {"task": task, "mode": mode, **scores.to_dict()}
             row["cider_ci"] = bootstrap_interval(scores.per_sample["cider"])
             if all(p.linked for p in subset):
-                correct = [100.0 * names_linked_object(p.answers[mode], p.linked) for p in subset]
+                correct = [100.0 * answer_is_correct(p, mode) for p in subset]
                 row["accuracy"] = sum(correct) / len(correct)
                 row["accuracy_ci"] = bootstrap_interval(correct)
                 per_mode.setdefault("accuracy", {})[mode] = correct

@@ -48,6 +48,15 @@ def test_known_answers_score_perfect_accuracy(loaded, monkeypatch):
     assert rows[1]["accuracy"] < 100.0
 
 
+def test_question_answers_are_scored_against_the_reference(loaded):
+    from sam_core.evaluate import Prediction, answer_is_correct
+
+    question = Prediction("1", "question", "red star", "red .", {"sam": "Red.", "baseline": "red star"})
+    assert answer_is_correct(question, "sam") and not answer_is_correct(question, "baseline")
+    group = Prediction("2", "group", "red star", "every picture shows a red star .", {"sam": "a red star", "baseline": "a star"})
+    assert answer_is_correct(group, "sam") and not answer_is_correct(group, "baseline")
+
+
 def test_command_writes_predictions_table_and_plot(tmp_path, tiny_checkpoint, capsys):
     main(["--model", f"tiny={tiny_checkpoint}", "--size", "4", "--num-images", "2", "3", "--tasks", "group",
           "--max-new-tokens", "3", "--no-meteor", "--out", str(tmp_path)])

@@ -1,0 +1,1 @@
+"""SAM studio's Gradio app: a thin layer over sam_core and visualization."""

@@ -1,0 +1,162 @@
+"""What the UI and the API call: validated inputs in, answers out. No Gradio components here."""
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import psutil
+import torch
+from PIL import Image
+
+from sam_core.data import MiniLink, MiniLinkConfig
+from sam_core.generation import GENERATION_PRESETS, SamPipeline, generation_kwargs
+from sam_core.loading import IDENTITY_WARNING, SamLoadError, load_sam
+from sam_core.processing import ImageLoadError, group_caption_prompt, load_image, question_prompt, storytelling_prompt
+
+from .settings import AppSettings
+
+TASKS = ("Group captioning", "Storytelling", "Free question")
+
+try:  # On Hugging Face ZeroGPU Spaces, work that needs the GPU runs inside @spaces.GPU functions.
+    import spaces
+
+    gpu_task = spaces.GPU
+except ImportError:
+
+    def gpu_task(function=None, **_options):
+        """No-op stand-in for `spaces.GPU` where the package is absent."""
+        return function if function is not None else (lambda inner: inner)
+
+
+class InputError(ValueError):
+    """A request the app refuses, with a message meant for the person who sent it."""
+
+
+@dataclass
+class Decoding:
+    preset: str = "greedy"
+    max_new_tokens: int = 32
+    temperature: float = 1.0
+    repetition_penalty: float = 1.0
+    seed: int = 0
+
+    def kwargs(self, limit: int) -> dict:
+        if self.preset not in GENERATION_PRESETS:
+            raise InputError(f"Unknown decoding preset {self.preset!r}.")
+        if not 1 <= int(self.max_new_tokens) <= limit:
+            raise InputError(f"Max new tokens must be between 1 and {limit}.")
+        overrides = {"max_new_tokens": int(self.max_new_tokens)}
+        if self.preset != "paper":
+            overrides["repetition_penalty"] = float(self.repetition_penalty)
+            if self.preset == "sampling":
+                overrides["temperature"] = max(float(self.temperature), 1e-3)
+        return generation_kwargs(self.preset, **overrides)
+
+
+class SamService:
+    """One loaded model serving SAM and the baseline; falls back to the embedded default when the configured
+    model cannot be loaded, and says so."""
+
+    def __init__(self, settings: AppSettings):
+        self.settings = settings
+        self.notice = None
+        try:
+            loaded = load_sam(settings.model, settings.adapter, settings.quantization, settings.device)
+        except SamLoadError as error:
+            if settings.model is None and settings.adapter is None:
+                raise
+            self.notice = f"Could not load the configured model ({error}). Serving the embedded default instead."
+            loaded = load_sam()
+        self.loaded = loaded
+        self.pipeline = SamPipeline(loaded)
+        self.lock = threading.Lock()  # one generation at a time per model: torch on CPU is not faster in parallel
+
+    @property
+    def info(self) -> dict:
+        return self.loaded.info.to_dict()
+
+    def images(self, files) -> list[Image.Image]:
+        """Uploaded files → RGB images (downscaled above the pixel limit), or a clear refusal."""
+        paths = [upload_path(item) for item in files or []]
+        if not paths:
+            raise InputError("Add at least one image.")
+        if len(paths) > self.settings.max_images:
+            raise InputError(f"At most {self.settings.max_images} images per request; got {len(paths)}.")
+        images = []
+        for index, path in enumerate(paths, start=1):
+            try:
+                image = load_image(path)
+            except ImageLoadError as error:
+                raise InputError(f"Image {index}: {error}") from None
+            images.append(downscale(image, self.settings.max_pixels))
+        return images
+
+    def prompt(self, task: str, num_images: int, text: str, captions: list[str]) -> str:
+        if task == "Group captioning":
+            return group_caption_prompt(num_images)
+        if task == "Storytelling":
+            captions = [c for c in (captions or [])][: max(num_images - 1, 0)]
+            if num_images < 2:
+                raise InputError("Storytelling needs at least two images: captions for the first ones, the last to continue.")
+            if len(captions) < num_images - 1 or any(not c.strip() for c in captions):
+                raise InputError(f"Write a caption for each image but the last ({num_images - 1} captions).")
+            return storytelling_prompt(captions)
+        text = question_prompt(text or "")
+        if not text:
+            raise InputError("Write a question.")
+        if len(text.split()) > self.settings.max_prompt_words:
+            raise InputError(f"The question is too long: at most {self.settings.max_prompt_words} words.")
+        return text
+
+    @gpu_task
+    def compare(self, images: list[Image.Image], prompt: str, decoding: Decoding) -> Iterator[dict]:
+        """Yield the state of both answers as they grow: SAM first, then the baseline (streamed where the
+        decoding allows, else each appears when done), with time and memory per answer."""
+        settings = decoding.kwargs(self.settings.max_new_tokens)
+        state = {"sam": "", "baseline": "", "stats": {}}
+        with self.lock:
+            for mode in ("sam", "baseline"):
+                start, rss_before = time.perf_counter(), psutil.Process().memory_info().rss
+                if settings.get("num_beams", 1) == 1:
+                    for partial in self.pipeline.stream(images, prompt, mode=mode, seed=decoding.seed, preset="greedy", **settings):
+                        state[mode] = partial
+                        yield state
+                else:
+                    result = self.pipeline.generate(images, prompt, mode=mode, seed=decoding.seed, preset="greedy", **settings)
+                    state[mode] = result.answers[mode].text
+                state["stats"][mode] = {
+                    "seconds": time.perf_counter() - start,
+                    "rss_mb": psutil.Process().memory_info().rss / 2**20,
+                    "rss_delta_mb": (psutil.Process().memory_info().rss - rss_before) / 2**20,
+                }
+                if torch.cuda.is_available():
+                    state["stats"][mode]["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+                yield state
+
+    def identity_warning(self) -> str | None:
+        return IDENTITY_WARNING if self.loaded.info.guidance_identity else None
+
+
+def upload_path(item):
+    """A gallery item ((path, caption), a file dict, a path or a PIL image) → what load_image reads."""
+    if isinstance(item, (tuple, list)):
+        item = item[0]
+    if isinstance(item, dict):
+        item = item.get("path") or (item.get("image") or {}).get("path")
+    return item
+
+
+def downscale(image: Image.Image, max_pixels: int) -> Image.Image:
+    pixels = image.width * image.height
+    if pixels <= max_pixels:
+        return image
+    scale = (max_pixels / pixels) ** 0.5
+    return image.resize((max(1, int(image.width * scale)), max(1, int(image.height * scale))), Image.BICUBIC)
+
+
+def random_minilink_group(seed: int, num_images: int = 4) -> tuple[list[Image.Image], str, str]:
+    """A fresh MiniLINK group-captioning sample: (images, prompt, the reference answer)."""
+    config = MiniLinkConfig(min_images=num_images, max_images=num_images, tasks=("group",))
+    sample = MiniLink(seed=1000 + seed, size=1, config=config)[0]
+    return sample.images, sample.instruction, sample.output

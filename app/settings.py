@@ -1,0 +1,53 @@
+"""App configuration from environment variables, with defaults for a CPU laptop and for GPU Spaces."""
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value in (None, ""):
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{name} must be a whole number, got {value!r}") from None
+
+
+@dataclass(frozen=True)
+class AppSettings:
+    """Which model to serve and the limits every request is held to."""
+
+    model: str | None  # None: the embedded default
+    adapter: str | None
+    quantization: str
+    device: str
+    max_images: int
+    max_pixels: int  # larger uploads are downscaled to this many pixels, not rejected
+    max_new_tokens: int
+    max_prompt_words: int
+    concurrency: int
+    queue_size: int
+    host: str
+    port: int
+
+    @classmethod
+    def from_env(cls) -> "AppSettings":
+        gpu = torch.cuda.is_available()
+        on_spaces = bool(os.environ.get("SPACE_ID"))
+        return cls(
+            model=os.environ.get("SAM_MODEL") or None,
+            adapter=os.environ.get("SAM_ADAPTER") or None,
+            quantization=os.environ.get("SAM_QUANTIZATION", "auto"),
+            device=os.environ.get("SAM_DEVICE", "auto"),
+            max_images=_env_int("SAM_MAX_IMAGES", 8 if gpu else 6),
+            max_pixels=_env_int("SAM_MAX_PIXELS", 1024 * 1024),
+            max_new_tokens=_env_int("SAM_MAX_NEW_TOKENS", 256 if gpu else 64),
+            max_prompt_words=_env_int("SAM_MAX_PROMPT_WORDS", 400),
+            concurrency=_env_int("SAM_CONCURRENCY", 1 if gpu else 2),
+            queue_size=_env_int("SAM_QUEUE_SIZE", 32),
+            host=os.environ.get("SAM_HOST", "0.0.0.0" if on_spaces else "127.0.0.1"),
+            port=_env_int("SAM_PORT", _env_int("GRADIO_SERVER_PORT", 7860)),
+        )

@@ -1,0 +1,149 @@
+"""The Gradio Blocks UI. Callbacks are thin: they validate through SamService and turn its results into
+component updates; errors reach the page as gr.Error messages, never tracebacks."""
+
+import json
+import random
+from pathlib import Path
+
+import gradio as gr
+
+from .service import TASKS, Decoding, InputError, SamService, random_minilink_group
+from .settings import AppSettings
+
+EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
+INTRO = """# SAM studio
+Upload a set of images and a prompt. **SAM** (Semantic Alignment for Multimodal LLMs, ACM MM 2024) lets the
+other images guide what it keeps from each one; the **baseline** is the same model reading every image
+independently. Compare their answers, then open the tabs to see why they differ."""
+HONEST = """The embedded model is a tiny SAM trained on **MiniLINK**, a synthetic world of coloured shapes: it knows
+only that world. For real photographs, run the full InstructBLIP-Vicuna-7B SAM on a GPU
+(`SAM_MODEL=instructblip-vicuna-7b SAM_ADAPTER=sam_adapter.safetensors python app.py`; see the README)."""
+CSS = """
+.answer textarea {font-size: 1.05rem}
+#banner {border-left: 4px solid #e0a800; padding-left: 8px}
+"""
+
+
+def model_markdown(service: SamService) -> str:
+    info = service.info
+    lines = [
+        f"**Model:** {info['name']} ({info['source']}) · **quantization:** {info['quantization']} · "
+        f"**device:** {info['device']} · **dtype:** {info['dtype']}",
+        f"**SAM adapter:** {'loaded' if not info['guidance_identity'] else 'none (guidance is the identity)'} · "
+        f"**context:** {info['context']} · **exchange layer:** {info['exchange_layer']} · "
+        f"**tokens per image:** {info['num_query_tokens']}",
+    ]
+    return "\n\n".join(lines)
+
+
+def banner_markdown(service: SamService) -> str:
+    notes = [n for n in (service.notice, service.identity_warning()) if n]
+    return "\n\n".join(f"⚠️ {n}" for n in notes)
+
+
+def stats_markdown(stats: dict) -> str:
+    parts = []
+    for mode, label in (("sam", "SAM"), ("baseline", "Baseline")):
+        if mode in stats:
+            s = stats[mode]
+            extra = f", GPU peak {s['gpu_peak_mb']:.0f} MB" if "gpu_peak_mb" in s else ""
+            parts.append(f"**{label}:** {s['seconds']:.2f} s, process memory {s['rss_mb']:.0f} MB{extra}")
+    return " · ".join(parts)
+
+
+def build_demo(service: SamService) -> gr.Blocks:
+    settings: AppSettings = service.settings
+    max_captions = max(settings.max_images - 1, 1)
+
+    def run_compare(gallery, task, question, *rest):
+        captions, (preset, max_new_tokens, temperature, repetition_penalty, seed) = rest[:max_captions], rest[max_captions:]
+        try:
+            images = service.images(gallery)
+            prompt = service.prompt(task, len(images), question, list(captions))
+            decoding = Decoding(preset, int(max_new_tokens), float(temperature), float(repetition_penalty), int(seed))
+            for state in service.compare(images, prompt, decoding):
+                yield state["sam"], state["baseline"], stats_markdown(state["stats"])
+        except InputError as error:
+            raise gr.Error(str(error)) from None
+        except Exception as error:  # never a traceback on the page; the next request still works
+            raise gr.Error(f"Generation failed ({error.__class__.__name__}). Try fewer images or tokens.") from None
+
+    def api_compare(files, task, question, captions_text, preset, max_new_tokens, seed):
+        """Both answers for uploaded files: (SAM answer, baseline answer, JSON with timings and the model)."""
+        captions = [line for line in (captions_text or "").splitlines() if line.strip()]
+        captions += [""] * (max_captions - len(captions))
+        final = None
+        for final in run_compare(files, task, question, *captions[:max_captions], preset, max_new_tokens, 1.0, 1.0, seed):
+            pass
+        sam, baseline, _ = final
+        return sam, baseline, json.dumps({"model": service.info, "prompt_task": task})
+
+    def show_caption_boxes(gallery, task):
+        count = len(gallery or [])
+        story = task == "Storytelling"
+        return [gr.update(visible=story and i < max(count - 1, 1)) for i in range(max_captions)] + [
+            gr.update(visible=task == "Free question")
+        ]
+
+    def new_random_set(counter):
+        images, prompt, reference = random_minilink_group(counter)
+        return images, "Group captioning", f"A new MiniLINK group. Reference answer: *{reference}*", counter + 1
+
+    with gr.Blocks(title="SAM studio") as demo:
+        gr.Markdown(INTRO)
+        banner = gr.Markdown(banner_markdown(service), elem_id="banner")
+        with gr.Row():
+            with gr.Column(scale=5):
+                gallery = gr.Gallery(label="Images (in order)", type="filepath", interactive=True, columns=4, height=260,
+                                     file_types=["image"])
+                with gr.Row():
+                    random_button = gr.Button("New random MiniLINK set", size="sm")
+                    clear_button = gr.ClearButton([gallery], value="Remove all", size="sm")
+                reference = gr.Markdown()
+                task = gr.Radio(list(TASKS), value="Group captioning", label="Task")
+                question = gr.Textbox(label="Question", placeholder="What do these pictures have in common?", visible=False)
+                caption_boxes = [gr.Textbox(label=f"Caption of image {i + 1}", visible=False) for i in range(max_captions)]
+                with gr.Accordion("Decoding", open=False):
+                    preset = gr.Radio(["greedy", "sampling", "beam", "paper"], value="greedy", label="Preset",
+                                      info="paper = the authors' settings: 5 beams, repetition penalty 1.5")
+                    max_new_tokens = gr.Slider(1, settings.max_new_tokens, value=min(32, settings.max_new_tokens), step=1,
+                                               label="Max new tokens")
+                    temperature = gr.Slider(0.1, 2.0, value=1.0, step=0.05, label="Temperature (sampling)")
+                    repetition_penalty = gr.Slider(1.0, 2.0, value=1.0, step=0.05, label="Repetition penalty")
+                    seed = gr.Number(0, precision=0, label="Seed")
+                compare_button = gr.Button("Compare SAM with the baseline", variant="primary")
+            with gr.Column(scale=6):
+                with gr.Row():
+                    sam_answer = gr.Textbox(label="SAM (guided)", lines=4, elem_classes="answer", interactive=False)
+                    baseline_answer = gr.Textbox(label="Baseline (each image alone)", lines=4, elem_classes="answer",
+                                                 interactive=False)
+                stats = gr.Markdown()
+                with gr.Accordion("Model", open=False):
+                    gr.Markdown(model_markdown(service))
+                    gr.Markdown(HONEST)
+
+        example_sets = sorted(EXAMPLES_DIR.glob("*/example.json"))
+        if example_sets:
+            rows = []
+            for path in example_sets:
+                for entry in json.loads(path.read_text()):
+                    rows.append([[str(path.parent / name) for name in entry["images"]], entry.get("task_label", "Group captioning")])
+            gr.Examples(rows, [gallery, task], label="Examples")
+
+        decoding = [preset, max_new_tokens, temperature, repetition_penalty, seed]
+        compare_button.click(run_compare, [gallery, task, question, *caption_boxes, *decoding], [sam_answer, baseline_answer, stats],
+                             api_visibility="private")
+        for trigger in (gallery.change, task.change):
+            trigger(show_caption_boxes, [gallery, task], [*caption_boxes, question], api_visibility="private")
+        counter = gr.State(random.randint(0, 10**6))
+        random_button.click(new_random_set, [counter], [gallery, task, reference, counter], api_visibility="private")
+
+        with gr.Row(visible=False):
+            api_files = gr.File(file_count="multiple", label="API images")
+            api_captions = gr.Textbox(label="API captions, one per line")
+            api_json = gr.Textbox(label="API result")
+            api_button = gr.Button("api")
+        api_button.click(api_compare, [api_files, task, question, api_captions, preset, max_new_tokens, seed],
+                         [sam_answer, baseline_answer, api_json], api_name="compare")
+        demo.load(lambda: banner_markdown(service), None, banner, api_visibility="private")
+    return demo

@@ -1,0 +1,348 @@
+"""One call from an image set and a prompt to every view, for SAM and the baseline, as HTML and JSON.
+
+The pipeline runs once in compare mode with attentions (`capture`); guidance, attention and alignment views
+read that run; the attributions perturb it. The HTML is self-contained (figures embedded as base64 PNGs, the
+numbers embedded as JSON) so it can be mailed or attached to an issue.
+"""
+
+import base64
+import html
+import io
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+from matplotlib.colors import to_hex
+
+from sam_core.generation import SamPipeline
+
+from .alignment import Alignment, alignment, plot_alignment
+from .attention import (
+    AttentionComparison, AttentionMaps, attention_maps, compare_attention, cross_attention_layers,
+    plot_attention_comparison, plot_attention_maps,
+)
+from .attribution import (
+    ImageAttribution, PatchAttribution, WordAttribution, image_attribution, patch_attribution, plot_image_attribution,
+    plot_patch_attribution, word_attribution,
+)
+from .capture import MODES, Capture, capture
+from .common import SIGNED_CMAP, Progress, figure_png, progress_span, symmetric_limit
+from .guidance import GuidanceMaps, context_images, guidance_maps, plot_guidance
+
+SECTIONS = {
+    "summary": "Answers",
+    "guidance": "Guidance maps",
+    "attention": "Q-Former attention",
+    "image-attribution": "Image attribution",
+    "patch-attribution": "Patch attribution",
+    "word-attribution": "Prompt-word attribution",
+    "alignment": "Alignment",
+    "data": "Numbers",
+}
+# Share of the run each stage takes on the embedded model, for the progress hook.
+STAGES = {"capture": (0.0, 0.15), "images": (0.15, 0.25), "patches": (0.25, 0.7), "words": (0.7, 1.0)}
+
+
+@dataclass
+class Report:
+    """Every view of one run: guidance (None for a single image), image-stream attention of SAM vs the baseline
+    at the last cross-attention layer (mean over heads and queries), SAM's context stream (None without
+    guidance), and per mode ("sam", "baseline") the alignment and the three attributions; seconds per stage."""
+
+    capture: Capture
+    image_names: list[str]
+    guidance: GuidanceMaps | None
+    attention: AttentionComparison
+    context_attention: AttentionMaps | None
+    alignments: dict[str, Alignment]
+    image_attributions: dict[str, ImageAttribution]
+    patch_attributions: dict[str, PatchAttribution]
+    word_attributions: dict[str, WordAttribution]
+    seconds: dict[str, float]
+
+    def to_dict(self) -> dict:
+        """Every number behind the figures (floats rounded to 6 decimals, no NaN: strict JSON)."""
+        capture = self.capture
+        attention = self.attention
+        return plain({
+            "model": capture.info.to_dict(),
+            "prompt": capture.prompt,
+            "images": self.image_names,
+            "answers": {
+                mode: {
+                    "text": capture.answers[mode].text,
+                    "tokens": capture.tokens[mode],
+                    "token_ids": capture.answer_ids[mode].tolist(),
+                    "log_probs": self.image_attributions[mode].log_probs,
+                    "seconds": capture.answers[mode].seconds,
+                }
+                for mode in MODES
+            },
+            "guidance": None if self.guidance is None else vars(self.guidance),
+            "attention": {
+                "layers": cross_attention_layers(capture.visual["sam"]),
+                "layer": attention.sam.layer,
+                "head": attention.sam.head,
+                "query": attention.sam.query,
+                "sam": attention.sam.maps,
+                "baseline": attention.baseline.maps,
+                "difference": attention.difference,
+                "sam_cls": attention.sam.cls,
+                "baseline_cls": attention.baseline.cls,
+            },
+            "context_attention": None if self.context_attention is None else {
+                "layer": self.context_attention.layer, "maps": self.context_attention.maps, "cls": self.context_attention.cls,
+            },
+            "image_attribution": {
+                mode: {"reference": a.reference, "scores": a.scores} for mode, a in self.image_attributions.items()
+            },
+            "patch_attribution": {
+                mode: {"reference": a.reference, "window": a.window, "scores": a.scores}
+                for mode, a in self.patch_attributions.items()
+            },
+            "word_attribution": {mode: {"words": a.words, "scores": a.scores} for mode, a in self.word_attributions.items()},
+            "alignment": {mode: {"similarity": a.similarity, "score": a.score} for mode, a in self.alignments.items()},
+            "seconds": self.seconds,
+        })
+
+    def figures(self) -> dict[str, bytes]:
+        """PNG bytes of every figure, keyed by section."""
+        images = self.capture.images
+        figures = {}
+        if self.guidance is not None:
+            figures["guidance"] = plot_guidance(self.guidance, images)
+        figures["attention"] = plot_attention_comparison(self.attention, images)
+        if self.context_attention is not None:
+            figures["context-attention"] = plot_attention_maps(
+                self.context_attention, list(context_images(images, self.guidance))
+            )
+        figures["image-attribution"] = plot_image_attribution(
+            self.image_attributions["sam"], self.image_attributions["baseline"]
+        )
+        figures["patch-attribution"] = plot_patch_attribution(
+            self.patch_attributions["sam"], self.patch_attributions["baseline"], images
+        )
+        figures["alignment"] = plot_alignment(self.alignments["sam"], self.alignments["baseline"])
+        return {name: figure_png(figure) for name, figure in figures.items()}
+
+    def to_html(self, numbers: dict | None = None) -> str:
+        """The self-contained page; `numbers`: `to_dict()` if already computed."""
+        capture = self.capture
+        pngs = self.figures()
+        data = json.dumps(numbers or self.to_dict(), allow_nan=False).replace("</", "<\\/")
+        warning = capture.info.warning
+        parts = [
+            "<!DOCTYPE html>",
+            '<html lang="en"><head><meta charset="utf-8">',
+            f"<title>SAM studio report: {escape(capture.prompt)}</title>",
+            f"<style>{STYLE}</style></head><body>",
+            "<h1>SAM studio report</h1>",
+            f"<p class=\"meta\">model {escape(capture.info.name)} ({escape(capture.info.source)}, context "
+            f"{escape(capture.info.context)}), {capture.num_images} images</p>",
+            f'<p class="warning">{escape(warning)}</p>' if warning else "",
+            '<nav><ul>' + "".join(f'<li><a href="#{key}">{title}</a></li>' for key, title in SECTIONS.items()) + "</ul></nav>",
+            section("summary", self.summary_html()),
+            section("guidance", self.guidance_html(pngs)),
+            section("attention", self.attention_html(pngs)),
+            section(
+                "image-attribution",
+                "<p>Each image's patch features are replaced by the reference "
+                f"(<code>{escape(self.image_attributions['sam'].reference)}</code>) and the extraction re-run; "
+                "for SAM this goes through the guidance, so an image also counts through the context it gives the "
+                "others. Score: drop in log-probability of each mode's own answer (red: the image supports it).</p>"
+                + figure_html(pngs["image-attribution"], "image attribution"),
+            ),
+            section(
+                "patch-attribution",
+                "<p>Blocks of patch features are occluded with the reference, one block at a time; the map shows "
+                "the drop in the whole answer's log-probability (per-token maps are in the numbers).</p>"
+                + figure_html(pngs["patch-attribution"], "patch attribution"),
+            ),
+            section("word-attribution", self.words_html()),
+            section(
+                "alignment",
+                "<p>Mean cosine similarity of two images' visual tokens, query slot by query slot; the alignment "
+                "score is the mean over image pairs.</p>" + figure_html(pngs["alignment"], "alignment"),
+            ),
+            section(
+                "data",
+                "<p>Every number behind the figures, also written next to this file as JSON.</p>"
+                f'<script type="application/json" id="report-data">{data}</script>',
+            ),
+            "</body></html>",
+        ]
+        return "\n".join(part for part in parts if part)
+
+    def summary_html(self) -> str:
+        capture = self.capture
+        thumbnails = "".join(
+            f'<figure><img alt="image {index + 1}" src="data:image/png;base64,{thumbnail(image)}">'
+            f"<figcaption>{index + 1}: {escape(name)}</figcaption></figure>"
+            for index, (image, name) in enumerate(zip(capture.images, self.image_names))
+        )
+        rows = "".join(
+            f"<tr><th>{'SAM' if mode == 'sam' else 'baseline'}</th><td>{escape(capture.answers[mode].text)}</td>"
+            f"<td>{capture.answers[mode].new_tokens}</td><td>{capture.answers[mode].seconds:.2f} s</td></tr>"
+            for mode in MODES
+        )
+        return (
+            f'<div class="images">{thumbnails}</div><p><b>Prompt:</b> {escape(capture.prompt)}</p>'
+            f"<table><tr><th></th><th>answer</th><th>tokens</th><th>time</th></tr>{rows}</table>"
+        )
+
+    def guidance_html(self, pngs: dict[str, bytes]) -> str:
+        if self.guidance is None:
+            return "<p>No guidance: a single image is read without context.</p>"
+        sums = "the maps of all images sum to 1 at every patch" if self.guidance.context == "all" else (
+            "for each target image the maps of the other images sum to 1 at every patch"
+        )
+        return (
+            "<p>α: at each patch position, how much of the context image SAM takes from each image "
+            f"({sums}).</p>" + figure_html(pngs["guidance"], "guidance maps")
+        )
+
+    def attention_html(self, pngs: dict[str, bytes]) -> str:
+        context = ""
+        if "context-attention" in pngs:
+            context = (
+                "<p>SAM's context stream over the context image (drawn as the α-weighted blend of the images).</p>"
+                + figure_html(pngs["context-attention"], "context-stream attention")
+            )
+        return (
+            "<p>Cross-attention of the Q-Former queries over each image's patches, from the very extraction that "
+            "produced the answers. SAM and baseline share one colour scale.</p>"
+            + figure_html(pngs["attention"], "image-stream attention") + context
+        )
+
+    def words_html(self) -> str:
+        blocks = []
+        colours = matplotlib.colormaps[SIGNED_CMAP]
+        limit = symmetric_limit(*(a.scores[0] for a in self.word_attributions.values()))  # one scale for both modes
+        for mode in MODES:
+            attribution = self.word_attributions[mode]
+            spans = "".join(  # the colour map's darkest ends are left out so the words stay legible
+                f'<span style="background:{to_hex(colours(0.5 + 0.4 * value))}" title="{raw:+.4f}">{escape(piece)}</span>'
+                for (piece, value), raw in zip(attribution.highlighted(limit=limit), attribution.scores[0])
+            )
+            blocks.append(f"<p><b>{'SAM' if mode == 'sam' else 'baseline'}:</b> {spans}</p>")
+        return (
+            "<p>Each word is removed from the LLM prompt and the Q-Former instruction; red words support the "
+            "answer, blue ones work against it, on one scale for both modes (hover for the log-probability "
+            "change).</p>" + "".join(blocks)
+        )
+
+    def write(self, path: str | Path) -> tuple[Path, Path]:
+        """Write the HTML to `path` and the JSON next to it (same name, .json)."""
+        path, numbers = Path(path), self.to_dict()
+        path.write_text(self.to_html(numbers), encoding="utf-8")
+        json_path = path.with_suffix(".json")
+        json_path.write_text(json.dumps(numbers, indent=1, allow_nan=False), encoding="utf-8")
+        return path, json_path
+
+
+def explain(
+    pipeline: SamPipeline,
+    images: Sequence,
+    prompt: str,
+    preset: str = "greedy",
+    max_new_tokens: int = 20,
+    reference: str = "blank",
+    window: int | None = None,
+    perturbations_per_eval: int | None = None,
+    seed: int | None = 0,
+    progress: Progress | None = None,
+    **overrides,
+) -> Report:
+    """Run the pipeline once (compare mode, attentions kept) and compute every view for SAM and the baseline.
+
+    perturbations_per_eval: rows per batched forward pass of every attribution (None: each method's default;
+    lower it if a large model runs out of memory)."""
+    seconds = {}
+    start = time.perf_counter()
+    answering = progress_span(progress, *STAGES["capture"])
+    run = capture(pipeline, images, prompt, preset, seed, progress=answering, max_new_tokens=max_new_tokens, **overrides)
+    seconds["capture"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    sam, baseline = run.visual["sam"], run.visual["baseline"]
+    guidance = guidance_maps(sam) if sam.guidance_weights is not None else None
+    attention = compare_attention(sam, baseline)
+    context = attention_maps(sam, "context") if sam.context_cross_attentions is not None else None
+    alignments = {mode: alignment(run.visual[mode]) for mode in MODES}
+    seconds["views"] = time.perf_counter() - start
+
+    batch = {} if perturbations_per_eval is None else {"perturbations_per_eval": perturbations_per_eval}
+    methods = {
+        "images": (image_attribution, {"reference": reference, **batch}),
+        "patches": (patch_attribution, {"reference": reference, "window": window, **batch}),
+        "words": (word_attribution, batch),
+    }
+    results = {}
+    for stage, (method, kwargs) in methods.items():
+        start = time.perf_counter()
+        low, high = STAGES[stage]
+        step = (high - low) / len(MODES)
+        results[stage] = {
+            mode: method(pipeline, run, mode, progress=progress_span(progress, low + i * step, low + (i + 1) * step), **kwargs)
+            for i, mode in enumerate(MODES)
+        }
+        seconds[f"{stage}_attribution"] = time.perf_counter() - start
+    if progress is not None:
+        progress(1.0, "report ready")
+    names = [Path(im).name if isinstance(im, (str, Path)) else f"image {index + 1}" for index, im in enumerate(images)]
+    return Report(
+        run, names, guidance, attention, context, alignments, results["images"], results["patches"], results["words"], seconds
+    )
+
+
+def plain(value):
+    """JSON-ready copy: arrays to nested lists rounded to 6 decimals, NaN to None."""
+    if isinstance(value, dict):
+        return {key: plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(item) for item in value]
+    if isinstance(value, np.ndarray) and value.dtype.kind == "f" and not np.isnan(value).any():
+        return np.round(value.astype(np.float64), 6).tolist()
+    if isinstance(value, np.ndarray):
+        return plain(value.tolist())
+    if isinstance(value, (float, np.floating)):
+        return None if np.isnan(value) else round(float(value), 6)
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def escape(text: str) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def section(key: str, body: str) -> str:
+    return f'<section id="{key}"><h2>{SECTIONS[key]}</h2>{body}</section>'
+
+
+def figure_html(png: bytes, alt: str) -> str:
+    return f'<img class="figure" alt="{escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+
+
+def thumbnail(image, size: int = 128) -> str:
+    small = image.copy()
+    small.thumbnail((size, size))
+    buffer = io.BytesIO()
+    small.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+STYLE = """
+body { font-family: system-ui, sans-serif; max-width: 760px; margin: 2em auto; padding: 0 1em; color: #222; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.2em; border-bottom: 1px solid #ddd; padding-bottom: .2em; }
+.meta { color: #555; } .warning { background: #fff4d6; border-left: 4px solid #e0a800; padding: .5em; }
+nav ul { display: flex; flex-wrap: wrap; gap: .2em 1em; list-style: none; padding: 0; }
+img.figure { width: 100%; max-width: 640px; display: block; }
+.images { display: flex; gap: .5em; flex-wrap: wrap; } .images figure { margin: 0; text-align: center; font-size: .8em; }
+table { border-collapse: collapse; } th, td { border: 1px solid #ddd; padding: .3em .6em; text-align: left; }
+section p span { padding: 0 .1em; border-radius: 3px; }
+"""
