@@ -14,6 +14,8 @@ from sam_core.generation import GENERATION_PRESETS, SamPipeline, generation_kwar
 from sam_core.loading import IDENTITY_WARNING, SamLoadError, load_sam
 from sam_core.processing import ImageLoadError, group_caption_prompt, load_image, question_prompt, storytelling_prompt
 
+from visualization import Report, explain
+
 from .settings import AppSettings
 
 TASKS = ("Group captioning", "Storytelling", "Free question")
@@ -133,6 +135,13 @@ class SamService:
                 if torch.cuda.is_available():
                     state["stats"][mode]["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
                 yield state
+
+    @gpu_task
+    def explain(self, images: list[Image.Image], prompt: str, decoding: Decoding, progress=None) -> Report:
+        """Every analysis view of one compare-mode run (answers, maps and attributions from the same pass)."""
+        settings = decoding.kwargs(self.settings.max_new_tokens)
+        with self.lock:
+            return explain(self.pipeline, images, prompt, preset="greedy", seed=decoding.seed, progress=progress, **settings)
 
     def identity_warning(self) -> str | None:
         return IDENTITY_WARNING if self.loaded.info.guidance_identity else None

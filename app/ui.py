@@ -1,11 +1,20 @@
 """The Gradio Blocks UI. Callbacks are thin: they validate through SamService and turn its results into
 component updates; errors reach the page as gr.Error messages, never tracebacks."""
 
+import io
 import json
 import random
+import tempfile
 from pathlib import Path
 
 import gradio as gr
+from PIL import Image
+
+from visualization import (
+    attention_maps, compare_attention, context_images, cross_attention_layers, plot_attention_comparison,
+    plot_attention_maps, plot_patch_attribution,
+)
+from visualization.common import figure_png
 
 from .service import TASKS, Decoding, InputError, SamService, random_minilink_group
 from .settings import AppSettings
@@ -49,6 +58,47 @@ def stats_markdown(stats: dict) -> str:
             extra = f", GPU peak {s['gpu_peak_mb']:.0f} MB" if "gpu_peak_mb" in s else ""
             parts.append(f"**{label}:** {s['seconds']:.2f} s, process memory {s['rss_mb']:.0f} MB{extra}")
     return " · ".join(parts)
+
+
+def png_image(png: bytes) -> Image.Image:
+    return Image.open(io.BytesIO(png))
+
+
+def attention_figure(report, stream: str, layer, head, query) -> Image.Image | None:
+    """Re-plot the cached run's cross-attention (no model call): SAM vs baseline for the image stream, or
+    SAM's context stream over the context images."""
+    if report is None:
+        return None
+    sam, baseline = report.capture.visual["sam"], report.capture.visual["baseline"]
+    head = head if head in ("mean", "max") else int(head)
+    query = query if query == "mean" else int(query)
+    layer = None if layer in (None, "last") else int(layer)
+    if stream == "context":
+        if sam.context_cross_attentions is None:
+            return None
+        maps = attention_maps(sam, "context", layer=layer, head=head, query=query)
+        return png_image(figure_png(plot_attention_maps(maps, list(context_images(report.capture.images, report.guidance)))))
+    comparison = compare_attention(sam, baseline, layer=layer, head=head, query=query)
+    return png_image(figure_png(plot_attention_comparison(comparison, report.capture.images)))
+
+
+def attribution_views(report, token_label: str):
+    """Patch heatmaps and prompt-word highlights for the whole answer or one generated token (cached)."""
+    if report is None:
+        return None, None, None
+    token = None if token_label in (None, "whole answer") else int(token_label.split(":")[0])
+    sam_tokens = len(report.capture.tokens["sam"])
+    baseline_token = token if token is None or token < len(report.capture.tokens["baseline"]) else None
+    patches = plot_patch_attribution(
+        report.patch_attributions["sam"], report.patch_attributions["baseline"], report.capture.images,
+        token=token if token is None or token < sam_tokens else None,
+    )
+    words = {mode: report.word_attributions[mode] for mode in ("sam", "baseline")}
+    return (
+        png_image(figure_png(patches)),
+        words["sam"].highlighted(token),
+        words["baseline"].highlighted(baseline_token),
+    )
 
 
 def build_demo(service: SamService) -> gr.Blocks:
@@ -122,6 +172,88 @@ def build_demo(service: SamService) -> gr.Blocks:
                     gr.Markdown(model_markdown(service))
                     gr.Markdown(HONEST)
 
+        report_state = gr.State(None)
+        explain_button = gr.Button("Explain the difference (maps, attention, attributions)", variant="secondary")
+        with gr.Tabs():
+            with gr.Tab("Guidance maps"):
+                gr.Markdown("Where each image supplies the shared context: SAM's adaptive-adjustment weights α over its patches.")
+                guidance_image = gr.Image(label="Guidance maps", type="pil", interactive=False)
+            with gr.Tab("Attention explorer"):
+                with gr.Row():
+                    stream = gr.Radio(["image", "context"], value="image", label="Stream")
+                    layer = gr.Dropdown(["last"], value="last", label="Q-Former layer")
+                    head = gr.Dropdown(["mean", "max"], value="mean", label="Head")
+                    query = gr.Dropdown(["mean"], value="mean", label="Query")
+                attention_image = gr.Image(label="Q-Former cross-attention", type="pil", interactive=False)
+            with gr.Tab("Token attribution"):
+                token_choice = gr.Dropdown(["whole answer"], value="whole answer", label="Generated token (SAM's answer)")
+                image_bars = gr.Image(label="Per-image contribution", type="pil", interactive=False)
+                patch_maps = gr.Image(label="Per-patch contribution", type="pil", interactive=False)
+                with gr.Row():
+                    sam_words = gr.HighlightedText(label="Prompt words → SAM's answer", combine_adjacent=False,
+                                                   show_legend=False, color_map=None)
+                    baseline_words = gr.HighlightedText(label="Prompt words → baseline's answer", combine_adjacent=False,
+                                                        show_legend=False)
+            with gr.Tab("Alignment"):
+                alignment_image = gr.Image(label="Cross-image similarity of the visual tokens", type="pil", interactive=False)
+                alignment_text = gr.Markdown()
+            with gr.Tab("Report"):
+                report_file = gr.File(label="Self-contained HTML report (and its JSON)", file_count="multiple")
+
+        def run_explain(gallery, task, question, *rest, progress=gr.Progress()):
+            captions, (preset, max_new_tokens, temperature, repetition_penalty, seed) = rest[:max_captions], rest[max_captions:]
+            try:
+                images = service.images(gallery)
+                prompt = service.prompt(task, len(images), question, list(captions))
+                decoding = Decoding(preset, int(max_new_tokens), float(temperature), float(repetition_penalty), int(seed))
+                report = service.explain(images, prompt, decoding, progress=lambda f, m: progress(f, desc=m))
+            except InputError as error:
+                raise gr.Error(str(error)) from None
+            except Exception as error:
+                raise gr.Error(f"Analysis failed ({error.__class__.__name__}). Try fewer images or tokens.") from None
+            figures = report.figures()
+            folder = Path(tempfile.mkdtemp(prefix="sam-report-"))
+            html_path, json_path = report.write(folder / "sam_report.html")
+            sam_visual = report.capture.visual["sam"]
+            layers = [str(i) for i in cross_attention_layers(sam_visual)]
+            heads = ["mean", "max"] + [str(h) for h in range(service.loaded.model.config.qformer_config.num_attention_heads)]
+            queries = ["mean"] + [str(q) for q in range(service.info["num_query_tokens"])]
+            tokens = ["whole answer"] + [f"{i}: {t}" for i, t in enumerate(report.capture.tokens["sam"])]
+            patches, words_sam, words_baseline = attribution_views(report, "whole answer")
+            scores = {mode: report.alignments[mode].score for mode in ("sam", "baseline")}
+            alignment_note = " · ".join(
+                f"**{label} alignment score:** {scores[mode]:.3f}" if scores[mode] is not None else f"**{label}:** one image"
+                for mode, label in (("sam", "SAM"), ("baseline", "Baseline"))
+            )
+            return (
+                report,
+                report.capture.answers["sam"].text,
+                report.capture.answers["baseline"].text,
+                png_image(figures["guidance"]) if "guidance" in figures else None,
+                gr.update(choices=["last"] + layers, value="last"),
+                gr.update(choices=heads, value="mean"),
+                gr.update(choices=queries, value="mean"),
+                png_image(figures["attention"]),
+                gr.update(choices=tokens, value="whole answer"),
+                png_image(figures["image-attribution"]),
+                patches,
+                words_sam,
+                words_baseline,
+                png_image(figures["alignment"]),
+                alignment_note,
+                [str(html_path), str(json_path)],
+            )
+
+        explain_inputs = [gallery, task, question, *caption_boxes, preset, max_new_tokens, temperature, repetition_penalty, seed]
+        explain_outputs = [report_state, sam_answer, baseline_answer, guidance_image, layer, head, query, attention_image,
+                           token_choice, image_bars, patch_maps, sam_words, baseline_words, alignment_image, alignment_text,
+                           report_file]
+        explain_button.click(run_explain, explain_inputs, explain_outputs, api_visibility="private")
+        for control in (stream, layer, head, query):
+            control.change(attention_figure, [report_state, stream, layer, head, query], attention_image, api_visibility="private")
+        token_choice.change(attribution_views, [report_state, token_choice], [patch_maps, sam_words, baseline_words],
+                            api_visibility="private")
+
         example_sets = sorted(EXAMPLES_DIR.glob("*/example.json"))
         if example_sets:
             rows = []
@@ -143,6 +275,19 @@ def build_demo(service: SamService) -> gr.Blocks:
             api_captions = gr.Textbox(label="API captions, one per line")
             api_json = gr.Textbox(label="API result")
             api_button = gr.Button("api")
+        def api_explain(files, task, question, captions_text, max_new_tokens, seed):
+            """Every analysis view of one run: (JSON of all numbers, the HTML report)."""
+            captions = [line for line in (captions_text or "").splitlines() if line.strip()]
+            captions += [""] * (max_captions - len(captions))
+            outputs = run_explain(files, task, question, *captions[:max_captions], "greedy", max_new_tokens, 1.0, 1.0, seed,
+                                  progress=lambda *args, **kwargs: None)
+            report, html_path = outputs[0], outputs[-1][0]
+            return json.dumps(report.to_dict()), html_path
+
+        api_report = gr.File(visible=False)
+        api_explain_button = gr.Button(visible=False)
+        api_explain_button.click(api_explain, [api_files, task, question, api_captions, max_new_tokens, seed],
+                                 [api_json, api_report], api_name="explain")
         api_button.click(api_compare, [api_files, task, question, api_captions, preset, max_new_tokens, seed],
                          [sam_answer, baseline_answer, api_json], api_name="compare")
         demo.load(lambda: banner_markdown(service), None, banner, api_visibility="private")

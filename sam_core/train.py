@@ -8,7 +8,9 @@ Built on Accelerate, so one script runs on a CPU, a GPU, or several with `accele
         --data my_data/annotations.json --out runs/sam-7b          # SAM adapters of the full model
 
 Stage "sam" is the paper's recipe: everything frozen but the patch scorer and the two exchange layers
-(answer-only LM loss). Stage "full" trains everything, guidance included, for comparison.
+(answer-only LM loss). Stage "full" trains everything, guidance included, for comparison. Stage "joint"
+trains everything with guidance on for a random half of the batches, so one set of weights is trained for both
+modes and SAM vs baseline compares the two modes at equal training.
 Runs resume from `OUT/train_state.pt` when it exists.
 """
 
@@ -31,7 +33,7 @@ from .modeling import SamForConditionalGeneration
 from .processing import SamProcessor, load_image
 from .tiny import tiny_model, tiny_processor
 
-STAGES = ("baseline", "sam", "full")
+STAGES = ("baseline", "sam", "full", "joint")
 
 
 @dataclass
@@ -96,11 +98,11 @@ class TrainConfig:
 
 
 def trainable_names(model: SamForConditionalGeneration, stage: str) -> list[str]:
-    """Stage baseline: everything but SAM's adapter; sam: only the adapter; full: everything."""
+    """Stage baseline: everything but SAM's adapter; sam: only the adapter; full and joint: everything."""
     names = []
     for name, param in model.named_parameters():
         is_adapter = name.startswith(ADAPTER_PREFIX)
-        train = {"baseline": not is_adapter, "sam": is_adapter, "full": True}[stage]
+        train = {"baseline": not is_adapter, "sam": is_adapter, "full": True, "joint": True}[stage]
         param.requires_grad_(train)
         if train:
             names.append(name)
@@ -199,7 +201,7 @@ def train(config: TrainConfig) -> dict:
         step, epoch, position, log = state["step"], state["epoch"], state["position"], json.loads(state["log"])
         accelerator.print(f"resuming at step {step}")
 
-    guidance = config.stage != "baseline"
+    guidance_draws = random.Random(f"guidance-{config.seed}-{step}")
     collate = Collator(dataset, processor)
     model.train()
     start, running = time.perf_counter() - log.get("seconds", 0.0), []
@@ -209,6 +211,7 @@ def train(config: TrainConfig) -> dict:
         loader = accelerator.prepare(DataLoader(batches[position:], batch_size=None, collate_fn=collate))
         for batch in loader:
             position += 1
+            guidance = config.stage in ("sam", "full") or (config.stage == "joint" and guidance_draws.random() < 0.5)
             loss = model(**batch, guidance=guidance).loss
             accelerator.backward(loss)
             accelerator.clip_grad_norm_(params, 1.0)

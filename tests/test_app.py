@@ -1,47 +1,12 @@
 """End to end: the real app (`python app.py`) on 127.0.0.1, driven through gradio_client."""
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 from gradio_client import Client, handle_file
 
 EXAMPLE = sorted(str(p) for p in Path("examples/linked-star").glob("*.png"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def app_url():
-    port = free_port()
-    env = {**os.environ, "SAM_PORT": str(port), "SAM_MAX_IMAGES": "4", "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
-    server = subprocess.Popen([sys.executable, "app.py"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        for _ in range(240):
-            if server.poll() is not None:
-                raise RuntimeError(f"app exited: {server.stdout.read()}")
-            try:
-                if httpx.get(url, timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.5)
-        else:
-            raise RuntimeError("app did not start")
-        yield url
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -74,3 +39,14 @@ def test_bad_inputs_get_clear_errors_and_the_next_request_works(client, tmp_path
         compare(client, EXAMPLE, task="Free question", question="   ")
     sam, baseline, _ = compare(client, EXAMPLE, task="Storytelling", captions="bobo jumps .\nbobo sleeps .")
     assert sam.strip() and baseline.strip()
+
+
+def test_explain_returns_every_view_and_a_report(client):
+    numbers, report = client.predict([handle_file(f) for f in EXAMPLE], "Group captioning", "", "", 6, 0, api_name="/explain")
+    data = json.loads(numbers)
+    assert set(data["answers"]) == {"sam", "baseline"} and len(data["images"]) == 3
+    for key in ("guidance", "attention", "image_attribution", "patch_attribution", "word_attribution", "alignment"):
+        assert key in data
+    assert len(data["image_attribution"]["sam"]["scores"][0]) == 3
+    html = Path(report).read_text()
+    assert html.startswith("<!DOCTYPE html>") and "Guidance maps" in html and "data:image/png;base64," in html

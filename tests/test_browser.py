@@ -1,0 +1,93 @@
+"""A person's path through the app in headless Debian chromium (Playwright's Python package, never
+`playwright install`): upload, compare, explain, every tab, screenshots saved under artifacts/screenshots."""
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+playwright = pytest.importorskip("playwright.sync_api")
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (.ci/run installs it)")
+EXAMPLE = sorted(str(p.resolve()) for p in Path("examples/linked-star").glob("*.png"))
+SHOTS = Path(os.environ.get("SAM_SCREENSHOTS", "artifacts/screenshots"))
+TABS = ("Guidance maps", "Attention explorer", "Token attribution", "Alignment", "Report")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-first-run", "--disable-quic"],
+        )
+        yield browser
+        browser.close()
+
+
+def textbox_value(page, label: str) -> str:
+    return page.get_by_label(label, exact=True).input_value()
+
+
+def rendered_images(page) -> int:
+    """How many visible <img> elements in the selected tab have actually decoded pixels."""
+    return page.evaluate(
+        """() => [...document.querySelectorAll('[role=tabpanel] img')]
+               .filter(img => img.offsetParent !== null && img.complete && img.naturalWidth > 0).length"""
+    )
+
+
+def test_upload_compare_explain_and_open_every_tab(browser, app_url):
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.goto(app_url)
+    page.get_by_text("SAM studio").first.wait_for()
+    page.locator("input[type=file]").first.set_input_files(EXAMPLE)
+    page.wait_for_function("() => document.querySelectorAll('img').length >= 3")
+    page.get_by_role("button", name="Compare SAM with the baseline").click()
+    page.wait_for_function(
+        """() => [...document.querySelectorAll('textarea')].filter(t => t.value.trim().length > 0).length >= 2""",
+        timeout=60_000,
+    )
+    assert textbox_value(page, "SAM (guided)").strip() and textbox_value(page, "Baseline (each image alone)").strip()
+    page.screenshot(path=SHOTS / "compare.png", full_page=True)
+
+    page.get_by_role("button", name="Explain the difference").click()
+    page.get_by_role("tab", name="Guidance maps").click()
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('[role=tabpanel] img')].some(i => i.naturalWidth > 0)", timeout=120_000
+    )
+    for tab in TABS:
+        page.get_by_role("tab", name=tab).click()
+        page.wait_for_timeout(500)
+        if tab == "Report":
+            page.screenshot(path=SHOTS / "tab-report.png", full_page=True)
+            page.wait_for_function("() => document.body.innerText.includes('sam_report')", timeout=10_000)
+        else:
+            assert rendered_images(page) >= 1, f"no figure rendered in {tab}"
+        page.screenshot(path=SHOTS / f"tab-{tab.lower().replace(' ', '-')}.png", full_page=True)
+    assert "Traceback" not in page.content()
+
+
+def test_bad_upload_shows_a_message_not_a_traceback(browser, app_url, tmp_path):
+    fake = tmp_path / "notes.png"
+    fake.write_text("not an image")
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.goto(app_url)
+    page.locator("input[type=file]").first.set_input_files([EXAMPLE[0], str(fake)])
+    page.wait_for_timeout(1500)
+    page.get_by_role("button", name="Compare SAM with the baseline").click()
+    page.get_by_text("not a readable image").first.wait_for(timeout=30_000)
+    assert "Traceback" not in page.content()
+    page.screenshot(path=SHOTS / "bad-upload.png")
+
+
+def test_usable_at_phone_width(browser, app_url):
+    page = browser.new_page(viewport={"width": 390, "height": 844})
+    page.goto(app_url)
+    page.get_by_role("button", name="Compare SAM with the baseline").wait_for()
+    overflow = page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
+    assert overflow <= 2
+    page.screenshot(path=SHOTS / "phone.png", full_page=True)
