@@ -259,8 +259,9 @@ def build_demo(service: SamService) -> gr.Blocks:
             rows = []
             for path in example_sets:
                 for entry in json.loads(path.read_text()):
-                    rows.append([[str(path.parent / name) for name in entry["images"]], entry.get("task_label", "Group captioning")])
-            gr.Examples(rows, [gallery, task], label="Examples")
+                    captions = (entry.get("captions") or []) + [""] * max_captions
+                    rows.append([[str(path.parent / name) for name in entry["images"]], entry["task"], *captions[:max_captions]])
+            gr.Examples(rows, [gallery, task, *caption_boxes], label="Examples (MiniLINK sets; the model was trained on this world)")
 
         decoding = [preset, max_new_tokens, temperature, repetition_penalty, seed]
         compare_button.click(run_compare, [gallery, task, question, *caption_boxes, *decoding], [sam_answer, baseline_answer, stats],

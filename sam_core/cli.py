@@ -21,16 +21,21 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--context", choices=("all", "others"), default=None, help="override the checkpoint's context mode")
 
 
+def add_input_arguments(parser: argparse.ArgumentParser) -> None:
+    """Images and the prompt (given, or built from the paper's task templates)."""
+    parser.add_argument("--images", nargs="+", required=True, help="image files, in order")
+    prompt = parser.add_mutually_exclusive_group(required=True)
+    prompt.add_argument("--prompt", help="the prompt as the model sees it")
+    prompt.add_argument("--task", choices=TASKS, help="build the paper's prompt: group captioning or storytelling")
+    parser.add_argument("--captions", nargs="*", default=[], help="storytelling: captions of all images but the last")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m sam_core", description="SAM: multi-image answers with semantic alignment")
     commands = parser.add_subparsers(dest="command", required=True)
 
     generate = commands.add_parser("generate", help="answer a prompt about a set of images")
-    generate.add_argument("--images", nargs="+", required=True, help="image files, in order")
-    prompt = generate.add_mutually_exclusive_group(required=True)
-    prompt.add_argument("--prompt", help="the prompt as the model sees it")
-    prompt.add_argument("--task", choices=TASKS, help="build the paper's prompt: group captioning or storytelling")
-    generate.add_argument("--captions", nargs="*", default=[], help="storytelling: captions of all images but the last")
+    add_input_arguments(generate)
     generate.add_argument("--mode", choices=MODES, default="compare")
     generate.add_argument("--preset", choices=sorted(GENERATION_PRESETS), default="greedy")
     generate.add_argument("--max-new-tokens", type=int, default=None)

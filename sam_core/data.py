@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .processing import group_caption_prompt, storytelling_prompt
+from .processing import group_caption_prompt, load_image, storytelling_prompt
 
 COLOURS = {
     "red": (220, 30, 30),
@@ -314,6 +314,25 @@ class AnnotationDataset:
 
     def num_images(self, index: int) -> int:
         return len(self.records[index]["img_list"])
+
+
+def read_items(dataset, indices) -> tuple[list, list[str], list[str], list[dict]]:
+    """(image sets, prompts, reference answers, records) for some samples of a MiniLink split or of an
+    AnnotationDataset; records carry the id and, where known, the task and the linked object."""
+    image_sets, prompts, answers, records = [], [], [], []
+    for index in indices:
+        item = dataset[index]
+        if isinstance(item, tuple):
+            paths, prompt, answer, record = item
+            image_sets.append([load_image(path) for path in paths])
+        else:
+            image_sets.append(item.images)
+            prompt, answer = item.instruction, item.output
+            record = {"id": item.id, "task": item.task, "linked": item.linked}
+        prompts.append(prompt)
+        answers.append(answer)
+        records.append(record)
+    return image_sets, prompts, answers, records
 
 
 def names_linked_object(answer: str, linked: str) -> bool:

@@ -16,11 +16,10 @@ from pathlib import Path
 
 import torch
 
-from .data import TASKS, AnnotationDataset, MiniLink, MiniLinkConfig, SPLIT_SEEDS, names_linked_object
+from .data import TASKS, AnnotationDataset, MiniLink, MiniLinkConfig, SPLIT_SEEDS, names_linked_object, read_items
 from .generation import generation_kwargs
 from .loading import LoadedSam, load_sam
 from .metrics import bootstrap_interval, normalize_answer, paired_bootstrap_ratio, score_captions
-from .processing import load_image
 from .train import batch_indices
 
 MODES = ("sam", "baseline")
@@ -35,24 +34,6 @@ class Prediction:
     answers: dict[str, str]
 
 
-def load_items(dataset, indices):
-    """(image sets, prompts, references, records) for a batch of indices of either dataset kind."""
-    image_sets, prompts, references, records = [], [], [], []
-    for index in indices:
-        item = dataset[index]
-        if isinstance(item, tuple):
-            paths, prompt, reference, record = item
-            image_sets.append([load_image(path) for path in paths])
-        else:
-            image_sets.append(item.images)
-            prompt, reference = item.instruction, item.output
-            record = {"id": item.id, "task": item.task, "linked": item.linked}
-        prompts.append(prompt)
-        references.append(reference)
-        records.append(record)
-    return image_sets, prompts, references, records
-
-
 @torch.no_grad()
 def predict(loaded: LoadedSam, dataset, modes=MODES, batch_size: int = 16, preset: str = "greedy", **overrides) -> list[Prediction]:
     """Answers of every mode for every sample; SAM and baseline share one vision pass per batch."""
@@ -61,7 +42,7 @@ def predict(loaded: LoadedSam, dataset, modes=MODES, batch_size: int = 16, prese
     device = model.query_tokens.device
     predictions = []
     for indices in sorted(batch_indices(dataset, batch_size, seed=0, epoch=0), key=min):
-        image_sets, prompts, references, records = load_items(dataset, indices)
+        image_sets, prompts, references, records = read_items(dataset, indices)
         inputs = processor(image_sets, prompts).to(device)
         ids, mask, pixels = inputs["qformer_input_ids"], inputs["qformer_attention_mask"], inputs["pixel_values"]
         if set(modes) == set(MODES):
@@ -117,6 +98,17 @@ def summarise(predictions: list[Prediction], modes=MODES, meteor: bool = True) -
             except ValueError:  # the baseline scores 0 (in some resamples): no finite ratio
                 sam_row["cider_ratio"] = None
     return rows
+
+
+CARD_SUBSET = {"size": 48, "tasks": ("group",)}  # the fixed subset the shipped checkpoint's card records
+
+
+def subset_accuracy(loaded: LoadedSam, size: int = CARD_SUBSET["size"], tasks=CARD_SUBSET["tasks"]) -> dict[str, float]:
+    """Task accuracy (%) per mode on the first `size` MiniLINK test samples of `tasks`: small enough for a test
+    to check that a checkpoint still scores what its model card says."""
+    dataset = MiniLink(SPLIT_SEEDS["test"], size, MiniLinkConfig(tasks=tuple(tasks)))
+    predictions = predict(loaded, dataset)
+    return {mode: 100.0 * sum(answer_is_correct(p, mode) for p in predictions) / len(predictions) for mode in MODES}
 
 
 def markdown_table(rows: list[dict], label: str = "") -> str:

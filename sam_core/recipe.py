@@ -14,9 +14,16 @@ import sys
 from pathlib import Path
 
 from .data import COLOURS, SHAPES, MiniLinkConfig
+from .evaluate import CARD_SUBSET, subset_accuracy
 from .evaluate import main as evaluate_main
+from .loading import load_sam
 from .train import MiniLinkModelSize, TrainConfig, train
 
+SECOND_STAGES = {
+    "sam": "SAM, the paper's recipe: only the adapter trains, everything else frozen",
+    "joint": "joint: every weight trains, with guidance on for a random half of the batches, so the baseline mode "
+    "and the SAM mode of the one checkpoint are trained equally",
+}
 CARD = """# MiniLINK SAM (the embedded default)
 
 A tiny SAM trained on **MiniLINK**, SAM studio's procedural stand-in for MmLINK: groups of strongly
@@ -27,14 +34,14 @@ InstructBLIP-Vicuna-7B model.
 
 - Architecture: ViT {vision_layers}×{vision_width} on {image_size}px images (8px patches), Q-Former
   {qformer_layers}×{qformer_width} with **K = {num_query_tokens}** query token(s) per image (the tight token budget),
-  Llama {llm_layers}×{llm_width}; word-level tokenizers. SAM adapter: {adapter_parameters} parameters,
+  Llama {llm_layers}×{llm_width}; word-level tokenizers. trained parameters in stage 2: {adapter_parameters},
   context "{context}", exchange at Q-Former layer {exchange_layer}.
 - Data: MiniLINK train split (seed 0, generated on the fly, {train_size} samples, N = {min_images}–{max_images}
   images, tasks group captioning / storytelling / shared-object questions); scores on the held-out test split
   (seed 2).
 - Stage 1 (baseline, everything but the adapter, from scratch): {baseline_steps} steps × batch {batch_size},
   lr {baseline_lr}, {baseline_minutes:.1f} min on {machine}.
-- Stage 2 (SAM, only the adapter, the rest frozen): {sam_steps} steps × batch {batch_size}, lr {sam_lr},
+- Stage 2 ({second_stage_text}): {sam_steps} steps × batch {batch_size}, lr {sam_lr},
   {sam_minutes:.1f} min.
 - Seed {seed}. Reproduce with: `{command}`
 
@@ -54,6 +61,9 @@ def main(argv=None) -> None:
     parser.add_argument("--work", default="runs/recipe", help="where the stage-1 model and logs go")
     parser.add_argument("--num-query-tokens", type=int, default=MiniLinkModelSize.num_query_tokens)
     parser.add_argument("--baseline-steps", type=int, default=3000)
+    parser.add_argument("--second-stage", choices=("sam", "joint"), default="sam",
+                        help="sam: the paper's recipe (only the adapter trains); joint: everything trains, guidance on "
+                             "for a random half of the batches, so both modes share equally trained weights")
     parser.add_argument("--sam-steps", type=int, default=1000)
     parser.add_argument("--baseline-lr", type=float, default=1e-3)
     parser.add_argument("--sam-lr", type=float, default=3e-3)
@@ -71,7 +81,7 @@ def main(argv=None) -> None:
         train(TrainConfig(stage="baseline", out=str(work / "baseline"), steps=args.baseline_steps, lr=args.baseline_lr,
                           size=size, context=args.context, **common))
     baseline_log = json.loads((work / "baseline" / "training_log.json").read_text())
-    sam_log = train(TrainConfig(stage="sam", out=str(work / "sam"), model=str(work / "baseline"), steps=args.sam_steps,
+    sam_log = train(TrainConfig(stage=args.second_stage, out=str(work / "sam"), model=str(work / "baseline"), steps=args.sam_steps,
                                 lr=args.sam_lr, warmup=50, **common))
     if out.exists():
         shutil.rmtree(out)
@@ -87,11 +97,13 @@ def main(argv=None) -> None:
         min_images=train_config["min_images"], max_images=train_config["max_images"],
         baseline_steps=args.baseline_steps, sam_steps=args.sam_steps, batch_size=args.batch_size,
         baseline_lr=args.baseline_lr, sam_lr=args.sam_lr, baseline_minutes=baseline_log["seconds"] / 60,
-        sam_minutes=sam_log["seconds"] / 60, machine="2 CPU cores", seed=args.seed,
+        sam_minutes=sam_log["seconds"] / 60, second_stage_text=SECOND_STAGES[args.second_stage], machine="2 CPU cores", seed=args.seed,
         command="python -m sam_core.recipe " + " ".join(argv if argv is not None else sys.argv[1:]),
         table=(work / "eval" / "results.md").read_text(), max_new_tokens=24,
     )
     (out / "README.md").write_text(card)
+    subset = {**CARD_SUBSET, "accuracy": subset_accuracy(load_sam(str(out)))}
+    (out / "card_subset.json").write_text(json.dumps(subset, indent=1))
     shutil.copy(work / "eval" / "results.json", out / "test_results.json")
     print(card)
 

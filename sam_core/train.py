@@ -27,10 +27,10 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .data import AnnotationDataset, MiniLink, MiniLinkConfig, SPLIT_SEEDS, minilink_vocabulary
+from .data import AnnotationDataset, MiniLink, MiniLinkConfig, SPLIT_SEEDS, minilink_vocabulary, read_items
 from .loading import ADAPTER_PREFIX, load_sam, save_adapter
 from .modeling import SamForConditionalGeneration
-from .processing import SamProcessor, load_image
+from .processing import SamProcessor
 from .tiny import tiny_model, tiny_processor
 
 STAGES = ("baseline", "sam", "full", "joint")
@@ -130,17 +130,7 @@ class Collator:
         self.dataset, self.processor = dataset, processor
 
     def __call__(self, indices: list[int]):
-        image_sets, prompts, answers = [], [], []
-        for index in indices:
-            item = self.dataset[index]
-            if isinstance(item, tuple):
-                paths, prompt, answer, _ = item
-                image_sets.append([load_image(path) for path in paths])
-            else:
-                image_sets.append(item.images)
-                prompt, answer = item.instruction, item.output
-            prompts.append(prompt)
-            answers.append(answer)
+        image_sets, prompts, answers, _ = read_items(self.dataset, indices)
         return self.processor(image_sets, prompts, answers)
 
 

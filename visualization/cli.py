@@ -4,7 +4,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from sam_core.cli import TASKS, add_model_arguments, build_prompt
+from sam_core.cli import add_input_arguments, add_model_arguments, build_prompt
 from sam_core.generation import GENERATION_PRESETS, SamPipeline
 from sam_core.loading import IDENTITY_WARNING, SamLoadError, load_sam
 from sam_core.processing import ImageLoadError, load_image
@@ -17,11 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m visualization", description="Explain SAM's and the baseline's answers")
     commands = parser.add_subparsers(dest="command", required=True)
     report = commands.add_parser("explain", help="write an HTML report (and its JSON) for an image set and a prompt")
-    report.add_argument("--images", nargs="+", required=True, help="image files, in order")
-    prompt = report.add_mutually_exclusive_group(required=True)
-    prompt.add_argument("--prompt", help="the prompt as the model sees it")
-    prompt.add_argument("--task", choices=TASKS, help="build the paper's prompt: group captioning or storytelling")
-    report.add_argument("--captions", nargs="*", default=[], help="storytelling: captions of all images but the last")
+    add_input_arguments(report)
     report.add_argument("--out", required=True, help="the HTML file to write; the JSON goes next to it")
     report.add_argument("--preset", choices=sorted(GENERATION_PRESETS), default="greedy")
     report.add_argument("--max-new-tokens", type=int, default=20)
