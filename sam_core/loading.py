@@ -13,7 +13,7 @@ from .modeling import SamForConditionalGeneration
 from .processing import SamProcessor, quiet_transformers
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-EMBEDDED_DEFAULT = REPO_ROOT / "checkpoints" / "sam-tiny-random"
+EMBEDDED_DEFAULT = REPO_ROOT / "checkpoints" / "minilink"
 EMBEDDED_NAME = "embedded"
 
 # Named presets: the base model on the hub plus (optionally) converted SAM adapter weights.

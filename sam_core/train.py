@@ -40,7 +40,7 @@ STAGES = ("baseline", "sam", "full", "joint")
 class MiniLinkModelSize:
     """The embedded default's architecture: small enough to train on 2 CPU cores in minutes."""
 
-    num_query_tokens: int = 2  # the tight per-image token budget K
+    num_query_tokens: int = 1  # the tight per-image token budget K
     image_size: int = 64
     vision_width: int = 96
     vision_layers: int = 4

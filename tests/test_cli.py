@@ -11,10 +11,17 @@ def run_cli(*args):
 
 
 def test_generate_on_the_shipped_checkpoint_prints_both_answers():
-    done = run_cli("generate", "--images", *EXAMPLE, "--task", "group", "--max-new-tokens", "5")
+    done = run_cli("generate", "--images", *EXAMPLE, "--task", "group", "--max-new-tokens", "12")
     assert done.returncode == 0, done.stderr
     lines = done.stdout.strip().splitlines()
     assert lines[0].strip().startswith("SAM:") and lines[1].strip().startswith("baseline:")
+    assert "every picture shows" in lines[0]  # the trained MiniLINK model answers in its world's words
+    assert "guidance is the identity" not in done.stderr
+
+
+def test_a_model_without_adapter_is_flagged(tiny_checkpoint):
+    done = run_cli("generate", "--images", *EXAMPLE, "--task", "group", "--max-new-tokens", "3", "--model", str(tiny_checkpoint))
+    assert done.returncode == 0, done.stderr
     assert "guidance is the identity" in done.stderr
 
 
@@ -22,7 +29,7 @@ def test_json_result_has_model_info_and_timings():
     done = run_cli("generate", "--images", *EXAMPLE, "--prompt", "what is shared?", "--json", "--preset", "paper", "--max-new-tokens", "4")
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
-    assert result["model"]["source"] == "embedded" and result["model"]["guidance_identity"] is True
+    assert result["model"]["source"] == "embedded" and result["model"]["guidance_identity"] is False
     assert result["images"] == ["1.png", "2.png", "3.png"]
     for answer in result["answers"].values():
         assert answer["seconds"] > 0 and answer["new_tokens"] > 0
@@ -43,4 +50,4 @@ def test_info_describes_the_embedded_model():
     done = run_cli("info", "--context", "others")
     assert done.returncode == 0, done.stderr
     info = json.loads(done.stdout)
-    assert info["context"] == "others" and info["num_query_tokens"] == 4 and "warning" in info
+    assert info["context"] == "others" and info["num_query_tokens"] == 1 and info["warning"] is None

@@ -64,3 +64,14 @@ def test_command_writes_predictions_table_and_plot(tmp_path, tiny_checkpoint, ca
     rows = json.loads((tmp_path / "results.json").read_text())
     assert {r["model"] for r in rows} == {"tiny N=2", "tiny N=3"}
     assert (tmp_path / "results.png").stat().st_size > 1000 and "Made by" in (tmp_path / "results.md").read_text()
+
+
+def test_shipped_checkpoint_reproduces_its_model_card_accuracy():
+    from sam_core.evaluate import subset_accuracy
+    from sam_core.loading import EMBEDDED_DEFAULT, load_sam
+
+    card = json.loads((EMBEDDED_DEFAULT / "card_subset.json").read_text())
+    measured = subset_accuracy(load_sam(), card["size"], card["tasks"])
+    one_sample = 100.0 / card["size"]
+    for mode in ("sam", "baseline"):
+        assert abs(measured[mode] - card["accuracy"][mode]) <= one_sample + 1e-9, (mode, measured, card)

@@ -6,11 +6,16 @@ from sam_core.generation import SamPipeline
 from sam_core.loading import EMBEDDED_DEFAULT, IDENTITY_WARNING, SamLoadError, load_adapter, load_sam, save_adapter
 
 
-def test_embedded_default_loads_offline_and_reports_identity_guidance():
+def test_embedded_default_loads_offline_with_its_trained_adapter():
     loaded = load_sam()
     assert loaded.info.source == "embedded" and loaded.info.quantization == "none"
-    assert loaded.info.guidance_identity and loaded.info.warning == IDENTITY_WARNING
+    assert not loaded.info.guidance_identity and loaded.info.warning is None
     assert EMBEDDED_DEFAULT.joinpath("model.safetensors").stat().st_size < 20_000_000
+
+
+def test_a_checkpoint_without_adapter_reports_identity_guidance(tiny_checkpoint):
+    loaded = load_sam(str(tiny_checkpoint))
+    assert loaded.info.guidance_identity and loaded.info.warning == IDENTITY_WARNING
 
 
 def test_four_bit_on_cpu_quantises_only_the_language_model(tiny_checkpoint, three_images):

@@ -580,7 +580,7 @@ def test_cli_explains_the_shipped_example_end_to_end(tmp_path):
         capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert done.returncode == 0, done.stderr
-    assert "guidance is the identity" in done.stderr and "wrote" in done.stdout
+    assert "guidance is the identity" not in done.stderr and "wrote" in done.stdout  # the shipped SAM adapter is trained
     data = json.loads(out.with_suffix(".json").read_text())
     assert data["images"] == ["1.png", "2.png", "3.png"] and data["model"]["source"] == "embedded"
     assert 'id="word-attribution"' in out.read_text()
