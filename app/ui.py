@@ -16,7 +16,7 @@ from visualization import (
 )
 from visualization.common import figure_png
 
-from .service import TASKS, Decoding, InputError, SamService, random_minilink_group
+from .service import TASKS, Decoding, InputError, SamService, random_minilink_group, upload_path
 from .settings import AppSettings
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
@@ -147,6 +147,10 @@ def build_demo(service: SamService) -> gr.Blocks:
                 gallery = gr.Gallery(label="Images (in order)", type="filepath", interactive=True, columns=4, height=260,
                                      file_types=["image"])
                 with gr.Row():
+                    earlier_button = gr.Button("◀ Move selected earlier", size="sm")
+                    later_button = gr.Button("Move selected later ▶", size="sm")
+                    remove_button = gr.Button("Remove selected", size="sm")
+                with gr.Row():
                     random_button = gr.Button("New random MiniLINK set", size="sm")
                     clear_button = gr.ClearButton([gallery], value="Remove all", size="sm")
                 reference = gr.Markdown()
@@ -268,6 +272,29 @@ def build_demo(service: SamService) -> gr.Blocks:
                              api_visibility="private")
         for trigger in (gallery.change, task.change):
             trigger(show_caption_boxes, [gallery, task], [*caption_boxes, question], api_visibility="private")
+        selected = gr.State(None)
+
+        def remember_selection(event: gr.SelectData):
+            return event.index
+
+        def rearrange(gallery_value, index, action):
+            """Move or remove the selected image; returns the new order and the new selection."""
+            items = [upload_path(item) for item in gallery_value or []]
+            if index is None or not 0 <= index < len(items):
+                raise gr.Error("Select an image in the gallery first.")
+            if action == "remove":
+                items.pop(index)
+                return items, None
+            target = index - 1 if action == "earlier" else index + 1
+            if 0 <= target < len(items):
+                items[index], items[target] = items[target], items[index]
+                index = target
+            return items, index
+
+        gallery.select(remember_selection, None, selected, api_visibility="private")
+        for button, action in ((earlier_button, "earlier"), (later_button, "later"), (remove_button, "remove")):
+            button.click(lambda g, i, a=action: rearrange(g, i, a), [gallery, selected], [gallery, selected],
+                         api_visibility="private")
         counter = gr.State(random.randint(0, 10**6))
         random_button.click(new_random_set, [counter], [gallery, task, reference, counter], api_visibility="private")
 

@@ -91,3 +91,22 @@ def test_usable_at_phone_width(browser, app_url):
     overflow = page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
     assert overflow <= 2
     page.screenshot(path=SHOTS / "phone.png", full_page=True)
+
+
+def test_reorder_and_remove_images(browser, app_url):
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.goto(app_url)
+    page.locator("input[type=file]").first.set_input_files(EXAMPLE)
+    page.wait_for_function("() => document.querySelectorAll('img').length >= 3")
+    names = lambda: page.evaluate(  # noqa: E731
+        "() => [...document.querySelectorAll('.grid-container img, [data-testid=gallery] img')].map(i => i.src.split('/').pop())"
+    )
+    before = names()
+    page.locator("button.thumbnail-item, .thumbnail-item").nth(1).click()
+    page.get_by_role("button", name="◀ Move selected earlier").click()
+    page.wait_for_timeout(1500)
+    after = names()
+    assert after[0].endswith("2.png") and after[1].endswith("1.png"), (before, after)
+    page.get_by_role("button", name="Remove selected").click()
+    page.wait_for_timeout(1500)
+    assert len(names()) == 2
