@@ -152,7 +152,7 @@ def build_demo(service: SamService) -> gr.Blocks:
                     remove_button = gr.Button("Remove selected", size="sm")
                 with gr.Row():
                     random_button = gr.Button("New random MiniLINK set", size="sm")
-                    clear_button = gr.ClearButton([gallery], value="Remove all", size="sm")
+                    gr.ClearButton([gallery], value="Remove all", size="sm")
                 reference = gr.Markdown()
                 task = gr.Radio(list(TASKS), value="Group captioning", label="Task")
                 question = gr.Textbox(label="Question", placeholder="What do these pictures have in common?", visible=False)
@@ -265,7 +265,17 @@ def build_demo(service: SamService) -> gr.Blocks:
                 for entry in json.loads(path.read_text()):
                     captions = (entry.get("captions") or []) + [""] * max_captions
                     rows.append([[str(path.parent / name) for name in entry["images"]], entry["task"], *captions[:max_captions]])
-            gr.Examples(rows, [gallery, task, *caption_boxes], label="Examples (MiniLINK sets; the model was trained on this world)")
+            def answer_example(gallery_value, task_value, *captions):
+                """Greedy answers for an example, cached lazily: the first click computes, later clicks reuse."""
+                final = None
+                for final in run_compare(gallery_value, task_value, "", *captions, "greedy", min(32, settings.max_new_tokens),
+                                         1.0, 1.0, 0):
+                    pass
+                return final
+
+            gr.Examples(rows, [gallery, task, *caption_boxes], [sam_answer, baseline_answer, stats], answer_example,
+                        cache_examples=True, cache_mode="lazy",
+                        label="Examples (MiniLINK sets; the model was trained on this world)")
 
         decoding = [preset, max_new_tokens, temperature, repetition_penalty, seed]
         compare_button.click(run_compare, [gallery, task, question, *caption_boxes, *decoding], [sam_answer, baseline_answer, stats],

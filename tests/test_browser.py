@@ -110,3 +110,17 @@ def test_reorder_and_remove_images(browser, app_url):
     page.get_by_role("button", name="Remove selected").click()
     page.wait_for_timeout(1500)
     assert len(names()) == 2
+
+
+def test_clicking_an_example_fills_the_inputs_and_both_answers(browser, app_url):
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.goto(app_url)
+    page.get_by_text("Storytelling").last.wait_for()
+    page.locator("table tbody tr, .examples-table tr, button.gallery-item, [data-testid=examples] tr").last.click()
+    for _ in range(120):
+        if textbox_value(page, "SAM (guided)").strip():
+            break
+        page.wait_for_timeout(500)
+    assert textbox_value(page, "Caption of image 1").strip()  # the storytelling example fills its captions
+    assert textbox_value(page, "SAM (guided)").strip() and textbox_value(page, "Baseline (each image alone)").strip()
+    page.screenshot(path=SHOTS / "example.png", full_page=True)

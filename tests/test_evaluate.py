@@ -1,7 +1,6 @@
 import json
 
 import pytest
-import torch
 
 from sam_core.data import MiniLink, MiniLinkConfig
 from sam_core.evaluate import main, markdown_table, predict, summarise
@@ -37,7 +36,7 @@ def test_summary_rows_report_every_metric_with_intervals(loaded):
     assert "| group | sam | 8 |" in markdown_table(rows, "tiny")
 
 
-def test_known_answers_score_perfect_accuracy(loaded, monkeypatch):
+def test_known_answers_score_perfect_accuracy(loaded):
     dataset = MiniLink(2, 6, MiniLinkConfig(tasks=("group",)))
     perfect = {dataset[i].id: dataset[i].output for i in range(6)}
     predictions = predict(loaded, dataset, max_new_tokens=2)
