@@ -1,5 +1,6 @@
 """What the UI and the API call: validated inputs in, answers out. No Gradio components here."""
 
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -56,13 +57,29 @@ class Decoding:
         return generation_kwargs(self.preset, **overrides)
 
 
+def on_zero_gpu() -> bool:
+    """Hugging Face ZeroGPU Spaces attach a GPU only inside @spaces.GPU calls."""
+    return os.environ.get("SPACES_ZERO_GPU", "") not in ("", "0", "false")
+
+
 class SamService:
     """One loaded model serving SAM and the baseline; falls back to the embedded default when the configured
-    model cannot be loaded, and says so."""
+    model cannot be loaded, and says so. On ZeroGPU a quantised hub model is loaded inside the first GPU call
+    (bitsandbytes needs the GPU to quantise), not at start-up."""
 
     def __init__(self, settings: AppSettings):
         self.settings = settings
         self.notice = None
+        self.loaded = self.pipeline = None
+        self.lock = threading.Lock()  # one generation at a time per model: torch on CPU is not faster in parallel
+        if not (on_zero_gpu() and settings.model is not None and settings.quantization != "none"):
+            self.ready()
+
+    def ready(self) -> None:
+        """Load the model if it is not loaded yet."""
+        if self.loaded is not None:
+            return
+        settings = self.settings
         try:
             loaded = load_sam(settings.model, settings.adapter, settings.quantization, settings.device)
         except SamLoadError as error:
@@ -70,12 +87,15 @@ class SamService:
                 raise
             self.notice = f"Could not load the configured model ({error}). Serving the embedded default instead."
             loaded = load_sam()
-        self.loaded = loaded
-        self.pipeline = SamPipeline(loaded)
-        self.lock = threading.Lock()  # one generation at a time per model: torch on CPU is not faster in parallel
+        self.loaded, self.pipeline = loaded, SamPipeline(loaded)
 
     @property
     def info(self) -> dict:
+        if self.loaded is None:
+            return {"name": self.settings.model, "source": "hub", "quantization": self.settings.quantization,
+                    "device": "GPU (attached per request)", "dtype": "float16", "adapter": self.settings.adapter,
+                    "context": "?", "exchange_layer": "?", "num_query_tokens": "?",
+                    "guidance_identity": self.settings.adapter is None, "warning": None}
         return self.loaded.info.to_dict()
 
     def images(self, files) -> list[Image.Image]:
@@ -118,6 +138,7 @@ class SamService:
         settings = decoding.kwargs(self.settings.max_new_tokens)
         state = {"sam": "", "baseline": "", "stats": {}}
         with self.lock:
+            self.ready()
             for mode in ("sam", "baseline"):
                 start, rss_before = time.perf_counter(), psutil.Process().memory_info().rss
                 if settings.get("num_beams", 1) == 1:
@@ -141,10 +162,11 @@ class SamService:
         """Every analysis view of one compare-mode run (answers, maps and attributions from the same pass)."""
         settings = decoding.kwargs(self.settings.max_new_tokens)
         with self.lock:
+            self.ready()
             return explain(self.pipeline, images, prompt, preset="greedy", seed=decoding.seed, progress=progress, **settings)
 
     def identity_warning(self) -> str | None:
-        return IDENTITY_WARNING if self.loaded.info.guidance_identity else None
+        return IDENTITY_WARNING if self.info["guidance_identity"] else None
 
 
 def upload_path(item):
