@@ -50,3 +50,23 @@ def test_explain_returns_every_view_and_a_report(client):
     assert len(data["image_attribution"]["sam"]["scores"][0]) == 3
     html = Path(report).read_text()
     assert html.startswith("<!DOCTYPE html>") and "Guidance maps" in html and "data:image/png;base64," in html
+
+
+def test_the_api_cannot_read_arbitrary_server_paths(app_url, tmp_path):
+    """A raw API call naming a file on the server that nobody uploaded is refused (no gradio_client, which would
+    upload the file itself)."""
+    import httpx
+
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(Path(EXAMPLE[0]).read_bytes())
+    server_file = {"path": str(secret), "meta": {"_type": "gradio.FileData"}}
+
+    def call(file_data):
+        data = [[file_data], "Group captioning", "", "", "greedy", 4, 0]
+        event = httpx.post(f"{app_url}gradio_api/call/compare", json={"data": data}, timeout=30).json()["event_id"]
+        return httpx.get(f"{app_url}gradio_api/call/compare/{event}", timeout=60).text
+
+    assert "event: error" in call(server_file)
+    with secret.open("rb") as handle:  # the same bytes, uploaded the normal way, are accepted
+        uploaded = httpx.post(f"{app_url}gradio_api/upload", files={"files": handle}, timeout=30).json()[0]
+    assert "event: complete" in call({"path": uploaded, "meta": {"_type": "gradio.FileData"}})
