@@ -10,6 +10,7 @@ authors' schema (records may carry "task" and "linked" for accuracy).
 
 import argparse
 import json
+import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -199,7 +200,7 @@ def main(argv=None) -> None:
     table = markdown_table(all_rows)
     (out / "predictions.json").write_text(json.dumps(all_predictions, indent=1))
     (out / "results.json").write_text(json.dumps(all_rows, indent=1))
-    command = "python -m sam_core.evaluate " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
+    command = "python -m sam_core.evaluate " + " ".join(argv if argv is not None else sys.argv[1:])
     (out / "results.md").write_text(f"{table}\n\nMade by `{command}` (decoding: {args.preset}, max {args.max_new_tokens} new tokens).\n")
     plot(all_rows, out / "results.png")
     print(table)
