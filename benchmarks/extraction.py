@@ -3,7 +3,7 @@
 Random weights; patch features are given, so the ViT is out of the picture. Q-Former BERT-base (L=12, d=768,
 cross-attention every 2nd layer), K=32 queries, P=257 patches of width D=1408, LLM width 4096.
 
-    python -m benchmarks.extraction [--images 2 4 8] [--repeats 5]
+    python -m benchmarks.extraction [--images 1 2 4 8 16] [--repeats 5] [--device cuda]
 """
 
 import argparse
@@ -22,7 +22,7 @@ from reference import reference_visual_tokens  # noqa: E402  (the authors' per-i
 PATCHES, VISION_WIDTH, INSTRUCTION_TOKENS = 257, 1408, 16
 
 
-def full_qformer_model(context: str) -> SamForConditionalGeneration:
+def full_qformer_model(context: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> SamForConditionalGeneration:
     config = SamConfig(
         vision_config={"hidden_size": VISION_WIDTH, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 16},
         qformer_config={},  # InstructBLIP's Q-Former defaults: BERT-base, 12 layers, cross-attention every 2nd
@@ -39,15 +39,18 @@ def full_qformer_model(context: str) -> SamForConditionalGeneration:
         model.query_tokens.normal_(std=0.02)
         for exchange in (model.guidance.image_to_context, model.guidance.context_to_image):
             exchange.weight.normal_(std=0.02)
-    return model
+    return model.to(device, dtype)
 
 
 def median_seconds(run, repeats: int) -> float:
+    synchronize = torch.cuda.synchronize if torch.cuda.is_available() else lambda: None
     run()  # warm-up
     times = []
     for _ in range(repeats):
+        synchronize()
         start = time.perf_counter()
         run()
+        synchronize()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -55,18 +58,21 @@ def median_seconds(run, repeats: int) -> float:
 @torch.no_grad()
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, nargs="+", default=[2, 4, 8])
+    parser.add_argument("--images", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="cpu", help="cuda runs in fp16")
     args = parser.parse_args(argv)
 
-    models = {context: full_qformer_model(context) for context in ("all", "others")}
-    ids = torch.randint(5, 100, (1, INSTRUCTION_TOKENS))
+    dtype = torch.float16 if args.device.startswith("cuda") else torch.float32
+    models = {context: full_qformer_model(context, args.device, dtype) for context in ("all", "others")}
+    ids = torch.randint(5, 100, (1, INSTRUCTION_TOKENS), device=args.device)
     mask = torch.ones_like(ids)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {args.repeats} runs, batch 1\n")
+    where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
+    print(f"{where}, torch {torch.__version__}, {dtype}, median of {args.repeats} runs, batch 1\n")
     print("| N | baseline (ms) | SAM all (ms) | SAM others (ms) | per-image loop SAM (ms) | all / baseline | others / baseline | loop / SAM all |")
     print("|---|---|---|---|---|---|---|---|")
     for num_images in args.images:
-        features = torch.randn(1, num_images, PATCHES, VISION_WIDTH)
+        features = torch.randn(1, num_images, PATCHES, VISION_WIDTH, device=args.device, dtype=dtype)
         model = models["all"]
         baseline = median_seconds(lambda: model.extract_visual_tokens(ids, mask, patch_features=features, guidance=False), args.repeats)
         sam_all = median_seconds(lambda: model.extract_visual_tokens(ids, mask, patch_features=features), args.repeats)

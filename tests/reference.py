@@ -13,14 +13,14 @@ def reference_visual_tokens(model, patch_features, qformer_input_ids, qformer_at
     batch, num_images = patch_features.shape[:2]
     query_length = config.num_query_tokens
     layers = model.qformer.encoder.layer
-    outputs = torch.zeros(batch, num_images, query_length, model.language_projection.out_features)
+    outputs = patch_features.new_zeros(batch, num_images, query_length, model.language_projection.out_features)
     for b in range(batch):
         features = patch_features[b]  # (N, P, D)
         scores = model.guidance.patch_scorer(features).squeeze(-1)  # (N, P)
         for i in range(num_images):
             queries = model.query_tokens
             x0 = model.qformer.embeddings(input_ids=qformer_input_ids[b : b + 1], query_embeds=queries)
-            mask_2d = torch.cat([torch.ones(1, query_length, dtype=torch.long), qformer_attention_mask[b : b + 1]], 1)
+            mask_2d = torch.cat([qformer_attention_mask.new_ones(1, query_length), qformer_attention_mask[b : b + 1]], 1)
             mask = create_bidirectional_mask(config=model.qformer.config, inputs_embeds=x0, attention_mask=mask_2d)
             if config.context == "all":
                 weights = scores.softmax(dim=0)  # over all images
