@@ -32,6 +32,7 @@ class AppSettings:
     queue_size: int
     host: str
     port: int
+    torch_threads: int | None  # None: torch's default (one per core)
 
     @classmethod
     def from_env(cls) -> "AppSettings":
@@ -50,4 +51,5 @@ class AppSettings:
             queue_size=_env_int("SAM_QUEUE_SIZE", 32),
             host=os.environ.get("SAM_HOST", "0.0.0.0" if on_spaces else "127.0.0.1"),
             port=_env_int("SAM_PORT", _env_int("GRADIO_SERVER_PORT", 7860)),
+            torch_threads=_env_int("SAM_TORCH_THREADS", 0 if gpu or os.environ.get("SAM_MODEL") else 1) or None,
         )

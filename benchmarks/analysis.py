@@ -8,9 +8,7 @@ SAM and the baseline (what the report computes), each explaining its own answer.
 """
 
 import argparse
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -25,20 +23,9 @@ from visualization import (
 from visualization.capture import MODES
 from visualization.common import figure_png
 
+from .common import round_robin
+
 NUM_IMAGES, ANSWER_TOKENS = 4, 20
-
-
-def interleaved_medians(functions: list, repeats: int) -> list[float]:
-    """Median seconds of each function, timed round-robin (one warm-up round), so that a shared machine's load
-    drifts over all of them alike."""
-    times = [[] for _ in functions]
-    for round_index in range(repeats + 1):
-        for index, function in enumerate(functions):
-            start = time.perf_counter()
-            function()
-            if round_index:
-                times[index].append(time.perf_counter() - start)
-    return [statistics.median(t) for t in times]
 
 
 @torch.no_grad()
@@ -81,8 +68,8 @@ def main(argv=None) -> None:
         ("prompt-word attribution (SAM + baseline)", both_modes(word_attribution), None),
         ("full report (compare run, all views, HTML + JSON)", full_report, 30),
     ]
-    seconds = interleaved_medians([function for _, function, _ in rows], args.repeats)
-    timings = [(label, median, target) for (label, _, target), median in zip(rows, seconds)]
+    medians = round_robin({label: function for label, function, _ in rows}, args.repeats)
+    timings = [(label, medians[label], target) for label, _, target in rows]
     unit = timings[0][1]
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {args.repeats} interleaved runs, "

@@ -7,14 +7,14 @@ cross-attention every 2nd layer), K=32 queries, P=257 patches of width D=1408, L
 """
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 from sam_core import SamConfig, SamForConditionalGeneration
+
+from .common import round_robin
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from reference import reference_visual_tokens  # noqa: E402  (the authors' per-image loop, kept with the tests)
@@ -42,19 +42,6 @@ def full_qformer_model(context: str, device: str = "cpu", dtype: torch.dtype = t
     return model.to(device, dtype)
 
 
-def median_seconds(run, repeats: int) -> float:
-    synchronize = torch.cuda.synchronize if torch.cuda.is_available() else lambda: None
-    run()  # warm-up
-    times = []
-    for _ in range(repeats):
-        synchronize()
-        start = time.perf_counter()
-        run()
-        synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 @torch.no_grad()
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -68,18 +55,19 @@ def main(argv=None) -> None:
     ids = torch.randint(5, 100, (1, INSTRUCTION_TOKENS), device=args.device)
     mask = torch.ones_like(ids)
     where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
-    print(f"{where}, torch {torch.__version__}, {dtype}, median of {args.repeats} runs, batch 1\n")
+    print(f"{where}, torch {torch.__version__}, {dtype}, median of {args.repeats} round-robin runs, batch 1\n")
     print("| N | baseline (ms) | SAM all (ms) | SAM others (ms) | per-image loop SAM (ms) | all / baseline | others / baseline | loop / SAM all |")
     print("|---|---|---|---|---|---|---|---|")
     for num_images in args.images:
         features = torch.randn(1, num_images, PATCHES, VISION_WIDTH, device=args.device, dtype=dtype)
-        model = models["all"]
-        baseline = median_seconds(lambda: model.extract_visual_tokens(ids, mask, patch_features=features, guidance=False), args.repeats)
-        sam_all = median_seconds(lambda: model.extract_visual_tokens(ids, mask, patch_features=features), args.repeats)
-        sam_others = median_seconds(
-            lambda: models["others"].extract_visual_tokens(ids, mask, patch_features=features), args.repeats
-        )
-        loop = median_seconds(lambda: reference_visual_tokens(model, features, ids, mask), args.repeats)
+        model, others = models["all"], models["others"]
+        medians = round_robin({
+            "baseline": lambda: model.extract_visual_tokens(ids, mask, patch_features=features, guidance=False),
+            "all": lambda: model.extract_visual_tokens(ids, mask, patch_features=features),
+            "others": lambda: others.extract_visual_tokens(ids, mask, patch_features=features),
+            "loop": lambda: reference_visual_tokens(model, features, ids, mask),
+        }, args.repeats)
+        baseline, sam_all, sam_others, loop = (medians[k] for k in ("baseline", "all", "others", "loop"))
         print(
             f"| {num_images} | {baseline * 1e3:.1f} | {sam_all * 1e3:.1f} | {sam_others * 1e3:.1f} | {loop * 1e3:.1f} "
             f"| {sam_all / baseline:.2f}× | {sam_others / baseline:.2f}× | {loop / sam_all:.2f}× |"

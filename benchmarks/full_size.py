@@ -12,6 +12,7 @@ from torch import nn
 from sam_core import SamConfig, SamForConditionalGeneration
 
 VOCAB_SIZE, PAD_ID, IMAGE_TOKEN_ID = 32002, 32000, 32001
+PROMPT_WORDS = 40  # the benchmarks' prompt after the N×32 visual tokens
 
 
 def full_size_config(context: str = "all", depth: int | None = None) -> SamConfig:

@@ -11,41 +11,12 @@ extraction, both answers), decode tokens/s, and the peak GPU memory of the compa
 
 import argparse
 import json
-import statistics
 import time
 
 import torch
 
-from .full_size import PAD_ID, full_size_config, quantize_language_model_4bit, random_inputs, random_model
-
-PROMPT_TOKENS = 40
-
-
-class Clock:
-    """Wall time of GPU work (synchronised before and after)."""
-
-    def __init__(self, device: str):
-        self.cuda = device.startswith("cuda")
-
-    def __call__(self, function) -> float:
-        if self.cuda:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        function()
-        if self.cuda:
-            torch.cuda.synchronize()
-        return time.perf_counter() - start
-
-
-def round_robin(clock: Clock, functions: dict, repeats: int) -> dict[str, float]:
-    """Median seconds per function, timed in turn after one warm-up round."""
-    times = {name: [] for name in functions}
-    for round_index in range(repeats + 1):
-        for name, function in functions.items():
-            seconds = clock(function)
-            if round_index:
-                times[name].append(seconds)
-    return {name: statistics.median(values) for name, values in times.items()}
+from .common import round_robin
+from .full_size import PAD_ID, PROMPT_WORDS, full_size_config, quantize_language_model_4bit, random_inputs, random_model
 
 
 def answer(model, inputs: dict, guidance: bool, tokens: int) -> None:
@@ -73,23 +44,23 @@ def compare(model, inputs: dict, tokens: int) -> None:
     generate(model, inputs, baseline, tokens)
 
 
-def measure(model, precision: str, args, clock: Clock) -> list[dict]:
+def measure(model, precision: str, args) -> list[dict]:
     rows = []
     for num_images in args.images:
-        inputs = random_inputs(model.config, num_images, PROMPT_TOKENS, args.device, args.dtype)
-        times = round_robin(clock, {
+        inputs = random_inputs(model.config, num_images, PROMPT_WORDS, args.device, args.dtype)
+        times = round_robin({
             "baseline_ttft": lambda: answer(model, inputs, False, 1),
             "sam_ttft": lambda: answer(model, inputs, True, 1),
             "baseline_total": lambda: answer(model, inputs, False, args.new_tokens),
             "sam_total": lambda: answer(model, inputs, True, args.new_tokens),
         }, args.repeats)
-        if clock.cuda:
+        if args.cuda:
             torch.cuda.reset_peak_memory_stats()
-        times["compare_total"] = round_robin(clock, {"c": lambda: compare(model, inputs, args.new_tokens)}, args.repeats)["c"]
+        times["compare_total"] = round_robin({"c": lambda: compare(model, inputs, args.new_tokens)}, args.repeats)["c"]
         row = {
             "precision": precision, "images": num_images, "prompt_tokens": inputs["input_ids"].shape[1], **times,
             "decode_tokens_per_s": (args.new_tokens - 1) / (times["sam_total"] - times["sam_ttft"]),
-            "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if clock.cuda else None,
+            "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if args.cuda else None,
         }
         rows.append(row)
         print(json.dumps(row), flush=True)
@@ -123,8 +94,8 @@ def main(argv=None) -> None:
     parser.add_argument("--depth", type=int, default=None, help="cap every stack at this many layers (dry runs)")
     parser.add_argument("--json", default=None, help="also write the rows here")
     args = parser.parse_args(argv)
-    args.dtype = torch.float16 if args.device.startswith("cuda") else torch.float32
-    clock = Clock(args.device)
+    args.cuda = args.device.startswith("cuda")
+    args.dtype = torch.float16 if args.cuda else torch.float32
     torch.manual_seed(0)
 
     start = time.perf_counter()
@@ -134,26 +105,26 @@ def main(argv=None) -> None:
     weights, rows = {}, []
 
     def weight_gib() -> float:
-        if clock.cuda:
+        if args.cuda:
             return torch.cuda.memory_allocated() / 2**30
         return sum(p.numel() * p.element_size() for p in model.parameters()) / 2**30
 
-    weights["fp16" if clock.cuda else "fp32"] = weight_gib()
-    rows += measure(model, "fp16" if clock.cuda else "fp32", args, clock)
+    weights["fp16" if args.cuda else "fp32"] = weight_gib()
+    rows += measure(model, "fp16" if args.cuda else "fp32", args)
     try:
         swapped = quantize_language_model_4bit(model, args.dtype)
     except Exception as error:  # e.g. a bitsandbytes build without this CUDA: keep the fp16 table
         print(f"4-bit quantisation failed, NF4 rows skipped: {type(error).__name__}: {error}", flush=True)
     else:
-        if clock.cuda:
+        if args.cuda:
             torch.cuda.empty_cache()
         weights["nf4"] = weight_gib()
         print(f"quantised {swapped} LLM linear layers to NF4", flush=True)
-        rows += measure(model, "nf4", args, clock)
+        rows += measure(model, "nf4", args)
 
-    device_name = torch.cuda.get_device_name() if clock.cuda else "CPU"
+    device_name = torch.cuda.get_device_name() if args.cuda else "CPU"
     print(f"\n{device_name}, torch {torch.__version__}, {parameters / 1e9:.2f} B parameters, batch 1, "
-          f"{PROMPT_TOKENS} prompt words + N×32 visual tokens, greedy, median of {args.repeats}\n")
+          f"{PROMPT_WORDS} prompt words + N×32 visual tokens, greedy, median of {args.repeats}\n")
     print(table(rows, weights, args.new_tokens))
     if args.json:
         with open(args.json, "w") as handle:

@@ -1,0 +1,67 @@
+"""The benchmark suite's own logic: the memory model against a measured GPU run, the in-place NF4 swap the GPU
+benchmark relies on, and one end-to-end measurement (so the scripts cannot rot unnoticed)."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks import memory
+from benchmarks.full_size import quantize_language_model_4bit
+
+GPU_RUN = Path(__file__).resolve().parent.parent / "docs" / "gpu_h100.json"
+
+
+@pytest.fixture(scope="module")
+def sizes():
+    return memory.module_sizes()
+
+
+def test_meta_instantiation_has_the_7b_models_size(sizes):
+    total = sizes.quantizable + sizes.kept_16bit
+    assert 7.85e9 < total < 7.95e9  # InstructBLIP-Vicuna-7B: 7.9 B parameters
+    assert sizes.quantizable == 32 * (4 * 4096 * 4096 + 3 * 4096 * 11008)  # the decoder's q,k,v,o + MLP
+
+
+def test_memory_estimate_matches_the_measured_gpu_run(sizes):
+    run = json.loads(GPU_RUN.read_text())
+    for row in run["rows"]:
+        estimate = memory.peak_bytes(sizes, row["precision"], row["images"], run["new_tokens"]) / memory.GIB
+        assert estimate == pytest.approx(row["peak_gib"], rel=0.03), row
+
+
+def test_memory_grows_with_images_and_beams_and_shrinks_with_quantisation(sizes):
+    peaks = {p: [memory.peak_bytes(sizes, p, n, 256) for n in (1, 4, 16)] for p in memory.PRECISIONS}
+    for values in peaks.values():
+        assert values == sorted(values) and values[0] < values[-1]
+    assert peaks["nf4"][0] < peaks["int8"][0] < peaks["fp16"][0]
+    assert memory.peak_bytes(sizes, "nf4", 4, 256, beams=5) > memory.peak_bytes(sizes, "nf4", 4, 256)
+    assert memory.smallest_card(6.0) == "T4" and memory.smallest_card(15.0) == "L4/A10G"
+
+
+def test_nf4_swap_quantises_every_llm_linear_but_lm_head(make_model, processor, three_images):
+    import bitsandbytes as bnb
+
+    model = make_model(active=True)
+    inputs = processor(three_images, "what is shared ?")
+    reference = model(**inputs).logits
+    linears = sum(isinstance(m, torch.nn.Linear) for m in model.language_model.modules()) - 1
+    assert quantize_language_model_4bit(model, torch.float32) == linears
+    assert isinstance(model.language_model.get_output_embeddings(), torch.nn.Linear)
+    assert not isinstance(model.language_model.get_output_embeddings(), bnb.nn.Linear4bit)
+    quantised = model(**inputs).logits
+    assert torch.corrcoef(torch.stack([reference.flatten(), quantised.flatten()]))[0, 1] > 0.9
+    assert model.generate(**inputs, max_new_tokens=3, min_new_tokens=3).shape[1] == 3
+
+
+def test_end_to_end_benchmark_measures_both_modes_on_the_embedded_default():
+    from benchmarks.end_to_end import measure
+
+    threads = torch.get_num_threads()
+    try:
+        row = measure("fp32", 1, repeats=1)
+    finally:
+        torch.set_num_threads(threads)
+    assert 0 < row["sam_ttft"] < row["sam_total"] and 0 < row["baseline_ttft"] < row["baseline_total"]
+    assert row["compare_total"] > row["sam_ttft"] and row["peak_rss_mb"] >= row["rss_loaded_mb"] > 0
