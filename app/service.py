@@ -133,29 +133,30 @@ class SamService:
 
     @gpu_task
     def compare(self, images: list[Image.Image], prompt: str, decoding: Decoding) -> Iterator[dict]:
-        """Yield the state of both answers as they grow: SAM first, then the baseline (streamed where the
-        decoding allows, else each appears when done), with time and memory per answer."""
+        """Yield the state of both answers as they grow (streamed where the decoding allows, else both appear
+        when done), then the time and memory the request took. One extraction serves both modes."""
         settings = decoding.kwargs(self.settings.max_new_tokens)
         state = {"sam": "", "baseline": "", "stats": {}}
         with self.lock:
             self.ready()
-            for mode in ("sam", "baseline"):
-                start, rss_before = time.perf_counter(), psutil.Process().memory_info().rss
-                if settings.get("num_beams", 1) == 1:
-                    for partial in self.pipeline.stream(images, prompt, mode=mode, seed=decoding.seed, preset="greedy", **settings):
-                        state[mode] = partial
-                        yield state
-                else:
-                    result = self.pipeline.generate(images, prompt, mode=mode, seed=decoding.seed, preset="greedy", **settings)
-                    state[mode] = result.answers[mode].text
-                state["stats"][mode] = {
-                    "seconds": time.perf_counter() - start,
-                    "rss_mb": psutil.Process().memory_info().rss / 2**20,
-                    "rss_delta_mb": (psutil.Process().memory_info().rss - rss_before) / 2**20,
-                }
-                if torch.cuda.is_available():
-                    state["stats"][mode]["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
-                yield state
+            start, rss_before = time.perf_counter(), psutil.Process().memory_info().rss
+            if settings.get("num_beams", 1) == 1:
+                for texts in self.pipeline.stream(images, prompt, mode="compare", seed=decoding.seed, preset="greedy", **settings):
+                    state.update(texts)
+                    yield state
+            else:
+                result = self.pipeline.generate(images, prompt, mode="compare", seed=decoding.seed, preset="greedy", **settings)
+                state.update({mode: answer.text for mode, answer in result.answers.items()})
+            rss = psutil.Process().memory_info().rss
+            state["stats"] = {
+                "seconds": time.perf_counter() - start,
+                "rss_mb": rss / 2**20,
+                "rss_delta_mb": (rss - rss_before) / 2**20,
+                "batched": not settings.get("do_sample"),
+            }
+            if torch.cuda.is_available():
+                state["stats"]["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+            yield state
 
     @gpu_task
     def explain(self, images: list[Image.Image], prompt: str, decoding: Decoding, progress=None) -> Report:

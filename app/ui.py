@@ -51,13 +51,11 @@ def banner_markdown(service: SamService) -> str:
 
 
 def stats_markdown(stats: dict) -> str:
-    parts = []
-    for mode, label in (("sam", "SAM"), ("baseline", "Baseline")):
-        if mode in stats:
-            s = stats[mode]
-            extra = f", GPU peak {s['gpu_peak_mb']:.0f} MB" if "gpu_peak_mb" in s else ""
-            parts.append(f"**{label}:** {s['seconds']:.2f} s, process memory {s['rss_mb']:.0f} MB{extra}")
-    return " · ".join(parts)
+    if not stats:
+        return ""
+    how = "in one batch" if stats["batched"] else "one after the other"
+    extra = f", GPU peak {stats['gpu_peak_mb']:.0f} MB" if "gpu_peak_mb" in stats else ""
+    return f"**Both answers ({how}):** {stats['seconds']:.2f} s, process memory {stats['rss_mb']:.0f} MB{extra}"
 
 
 def png_image(png: bytes) -> Image.Image:
@@ -105,28 +103,31 @@ def build_demo(service: SamService) -> gr.Blocks:
     settings: AppSettings = service.settings
     max_captions = max(settings.max_images - 1, 1)
 
-    def run_compare(gallery, task, question, *rest):
-        captions, (preset, max_new_tokens, temperature, repetition_penalty, seed) = rest[:max_captions], rest[max_captions:]
+    def compare_states(gallery, task, question, captions, decoding_values):
+        """The service's growing answers for one request; bad input and failures become a gr.Error."""
+        preset, max_new_tokens, temperature, repetition_penalty, seed = decoding_values
         try:
             images = service.images(gallery)
             prompt = service.prompt(task, len(images), question, list(captions))
             decoding = Decoding(preset, int(max_new_tokens), float(temperature), float(repetition_penalty), int(seed))
-            for state in service.compare(images, prompt, decoding):
-                yield state["sam"], state["baseline"], stats_markdown(state["stats"])
+            yield from service.compare(images, prompt, decoding)
         except InputError as error:
             raise gr.Error(str(error)) from None
         except Exception as error:  # never a traceback on the page; the next request still works
             raise gr.Error(f"Generation failed ({error.__class__.__name__}). Try fewer images or tokens.") from None
 
+    def run_compare(gallery, task, question, *rest):
+        for state in compare_states(gallery, task, question, rest[:max_captions], rest[max_captions:]):
+            yield state["sam"], state["baseline"], stats_markdown(state["stats"])
+
     def api_compare(files, task, question, captions_text, preset, max_new_tokens, seed):
         """Both answers for uploaded files: (SAM answer, baseline answer, JSON with timings and the model)."""
         captions = [line for line in (captions_text or "").splitlines() if line.strip()]
         captions += [""] * (max_captions - len(captions))
-        final = None
-        for final in run_compare(files, task, question, *captions[:max_captions], preset, max_new_tokens, 1.0, 1.0, seed):
+        state = None
+        for state in compare_states(files, task, question, captions[:max_captions], (preset, max_new_tokens, 1.0, 1.0, seed)):
             pass
-        sam, baseline, _ = final
-        return sam, baseline, json.dumps({"model": service.info, "prompt_task": task})
+        return state["sam"], state["baseline"], json.dumps({"model": service.info, "prompt_task": task, "stats": state["stats"]})
 
     def show_caption_boxes(gallery, task):
         count = len(gallery or [])

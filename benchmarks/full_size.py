@@ -48,26 +48,32 @@ def random_model(config: SamConfig, device: str, dtype: torch.dtype) -> SamForCo
     return model.eval()
 
 
-def quantize_language_model_4bit(model: SamForConditionalGeneration, compute_dtype: torch.dtype) -> int:
-    """Swap the LLM's linear layers (not lm_head) for bitsandbytes NF4 ones with double quantisation, in place:
-    what `load_sam(quantization="4bit")` gets from transformers, without a 14 GB checkpoint to load it from.
-    Returns how many layers were quantised."""
+def quantize_language_model(model: SamForConditionalGeneration, bits: int, compute_dtype: torch.dtype) -> int:
+    """Swap the LLM's linear layers (not lm_head) in place for bitsandbytes ones: NF4 with double quantisation
+    (bits=4) or LLM.int8 (bits=8, outlier threshold 6). That is what `load_sam(quantization=...)` gets from
+    transformers, without a 14 GB checkpoint to load it from. Returns how many layers were swapped."""
     import bitsandbytes as bnb
 
+    if bits not in (4, 8):
+        raise ValueError(f"bits must be 4 or 8, got {bits}")
     lm_head = model.language_model.get_output_embeddings()
     swapped = 0
     for parent in list(model.language_model.modules()):
         for name, child in list(parent.named_children()):
             if not isinstance(child, nn.Linear) or child is lm_head:
                 continue
-            layer = bnb.nn.Linear4bit(
-                child.in_features, child.out_features, bias=child.bias is not None, compute_dtype=compute_dtype,
-                compress_statistics=True, quant_type="nf4", device="meta",
-            )
-            weight = bnb.nn.Params4bit(
-                child.weight.data, requires_grad=False, compress_statistics=True, quant_type="nf4", module=layer
-            )
-            layer.weight = weight.to(child.weight.device)
+            sizes = (child.in_features, child.out_features)
+            if bits == 4:
+                layer = bnb.nn.Linear4bit(*sizes, bias=child.bias is not None, compute_dtype=compute_dtype,
+                                          compress_statistics=True, quant_type="nf4", device="meta")
+                weight = bnb.nn.Params4bit(child.weight.data, requires_grad=False, compress_statistics=True,
+                                           quant_type="nf4", module=layer)
+                layer.weight = weight.to(child.weight.device)  # quantises
+            else:
+                layer = bnb.nn.Linear8bitLt(*sizes, bias=child.bias is not None, has_fp16_weights=False,
+                                            threshold=6.0, device="meta")
+                weight = bnb.nn.Int8Params(child.weight.data.cpu(), requires_grad=False, has_fp16_weights=False)
+                layer.weight = weight.to(child.weight.device)  # quantises on the way from the host
             if child.bias is not None:
                 layer.bias = child.bias
             setattr(parent, name, layer)

@@ -390,19 +390,24 @@ class SamForConditionalGeneration(InstructBlipForConditionalGeneration):
         patch_features: torch.FloatTensor | None = None,
         guidance: bool = True,
         visual: SamVisualTokens | None = None,
+        visual_tokens: torch.Tensor | None = None,
         **generate_kwargs,
     ) -> torch.LongTensor:
-        """transformers generation (greedy, sampling, beams, streamers) over SAM or baseline visual tokens.
+        """transformers generation (greedy, sampling, beams, streamers) over SAM or baseline visual tokens:
+        extracted here, or given as `visual` or as a (B, N, K, d_llm) `visual_tokens` tensor (e.g. SAM's and the
+        baseline's stacked into one batch).
 
         Returns only the newly generated ids, (B·num_return_sequences, new_tokens), for both kinds of LLM.
         """
         if hasattr(self, "hf_device_map"):
             self._preprocess_accelerate()
-        if visual is None:
-            visual = self.extract_visual_tokens(
-                qformer_input_ids, qformer_attention_mask, pixel_values, patch_features, guidance
-            )
-        inputs_embeds = self.merge_visual_tokens(input_ids, visual.visual_tokens)
+        if visual_tokens is None:
+            if visual is None:
+                visual = self.extract_visual_tokens(
+                    qformer_input_ids, qformer_attention_mask, pixel_values, patch_features, guidance
+                )
+            visual_tokens = visual.visual_tokens
+        inputs_embeds = self.merge_visual_tokens(input_ids, visual_tokens)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         inputs = {"inputs_embeds": inputs_embeds, "attention_mask": attention_mask}

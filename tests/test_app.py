@@ -21,8 +21,10 @@ def compare(client, files, task="Group captioning", question="", captions=""):
 def test_compare_returns_both_answers_and_the_model(client):
     sam, baseline, details = compare(client, EXAMPLE)
     assert sam.strip() and baseline.strip()
-    info = json.loads(details)["model"]
+    details = json.loads(details)
+    info, stats = details["model"], details["stats"]
     assert info["source"] == "embedded" and "guidance_identity" in info
+    assert stats["batched"] is True and 0 < stats["seconds"] < 60 and stats["rss_mb"] > 0
     assert "/" not in info["name"]  # no server paths in responses
 
 

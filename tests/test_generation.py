@@ -37,16 +37,41 @@ def test_trained_guidance_changes_the_answer(pipeline, three_images):
 
 
 @pytest.mark.parametrize("preset", ["greedy", "sampling"])
-def test_streaming_ends_with_the_full_answer(pipeline, three_images, preset):
+@pytest.mark.parametrize("mode", ["baseline", "compare"])
+def test_streaming_ends_with_the_full_answers(pipeline, three_images, preset, mode):
     pipe = pipeline(active=True)
-    full = pipe.generate(three_images, "what is shared ?", mode="baseline", preset=preset, max_new_tokens=8)
-    pieces = list(pipe.stream(three_images, "what is shared ?", mode="baseline", preset=preset, max_new_tokens=8))
-    assert len(pieces) > 1 and pieces[-1] == full.answers["baseline"].text
-    assert all(later.startswith(earlier) for earlier, later in zip(pieces, pieces[1:]))
+    full = pipe.generate(three_images, "what is shared ?", mode=mode, preset=preset, max_new_tokens=8)
+    pieces = list(pipe.stream(three_images, "what is shared ?", mode=mode, preset=preset, max_new_tokens=8))
+    assert len(pieces) > 1 and pieces[-1] == {name: answer.text for name, answer in full.answers.items()}
+    for name in full.answers:
+        assert all(later[name].startswith(earlier[name]) for earlier, later in zip(pieces, pieces[1:]))
 
 
-def test_streaming_refuses_beams_and_compare(pipeline, three_images):
+def test_greedy_comparison_is_one_batch_with_the_answers_of_each_mode_alone(pipeline, three_images, monkeypatch):
+    pipe = pipeline(active=True)
+    alone = {mode: pipe.generate(three_images, "what is shared ?", mode=mode, max_new_tokens=8).answers[mode] for mode in ("sam", "baseline")}
+    batches = []
+    generate = pipe.model.generate
+    monkeypatch.setattr(pipe.model, "generate", lambda **kw: batches.append(kw["input_ids"].shape[0]) or generate(**kw))
+    both = pipe.generate(three_images, "what is shared ?", mode="compare", max_new_tokens=8).answers
+    assert batches == [2]
+    assert {m: (a.text, a.new_tokens) for m, a in both.items()} == {m: (a.text, a.new_tokens) for m, a in alone.items()}
+    assert both["sam"].text != both["baseline"].text
+
+
+def test_streaming_refuses_beams_and_unknown_modes(pipeline, three_images):
     with pytest.raises(ValueError, match="num_beams=1"):
         next(pipeline().stream(three_images, "what ?", preset="beam"))
-    with pytest.raises(ValueError, match="one mode"):
-        next(pipeline().stream(three_images, "what ?", mode="compare"))
+    with pytest.raises(ValueError, match="mode must be one of"):
+        next(pipeline().stream(three_images, "what ?", mode="both"))
+
+
+def test_a_failing_generation_surfaces_in_the_streaming_caller(pipeline, three_images, monkeypatch):
+    pipe = pipeline()
+
+    def broken(**_):
+        raise RuntimeError("generation broke")
+
+    monkeypatch.setattr(pipe.model, "generate", broken)
+    with pytest.raises(RuntimeError, match="generation broke"):
+        list(pipe.stream(three_images, "what ?", mode="compare"))

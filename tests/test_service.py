@@ -43,3 +43,17 @@ def test_zero_gpu_loads_a_quantised_model_inside_the_first_gpu_call(settings, mo
     states = list(service.compare(three_images, "what is shared ?", Decoding(max_new_tokens=3)))
     assert service.loaded is not None and service.loaded.info.quantization == "4bit"
     assert states[-1]["sam"] and states[-1]["baseline"]
+
+
+def test_torch_threads_default_to_one_for_the_embedded_default_on_a_cpu(monkeypatch):
+    for name in ("SAM_MODEL", "SAM_TORCH_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    assert AppSettings.from_env().torch_threads == 1
+    monkeypatch.setenv("SAM_MODEL", "instructblip-vicuna-7b")
+    assert AppSettings.from_env().torch_threads is None  # a real model on a CPU: torch's default, one per core
+    monkeypatch.setenv("SAM_TORCH_THREADS", "3")
+    assert AppSettings.from_env().torch_threads == 3
+    monkeypatch.setenv("SAM_TORCH_THREADS", "many")
+    with pytest.raises(ValueError, match="SAM_TORCH_THREADS must be a whole number"):
+        AppSettings.from_env()
