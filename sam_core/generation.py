@@ -6,10 +6,11 @@ from dataclasses import asdict, dataclass
 from threading import Thread
 
 import torch
-from transformers import TextIteratorStreamer
+from transformers import StoppingCriteria, TextIteratorStreamer
 
 from .loading import LoadedSam
 from .modeling import SamVisualTokens
+from .processing import PromptError, check_image_markers
 
 MODES = ("compare", "sam", "baseline")
 GENERATION_PRESETS = {
@@ -67,6 +68,26 @@ def generation_kwargs(preset: str = "greedy", **overrides) -> dict:
     return settings
 
 
+class AnswerDeadline(StoppingCriteria):
+    """Stops each answer `seconds` after it started (a new generate call restarts the clock) and remembers
+    whether it had to, so the caller can say the answer was cut short. Pass it as
+    `stopping_criteria=StoppingCriteriaList([deadline])`."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.restart()
+
+    def restart(self) -> None:
+        self.start, self.length, self.reached = time.monotonic(), 0, False
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        if input_ids.shape[1] <= self.length:  # a shorter sequence than last step: the next answer began
+            self.restart()
+        self.length = input_ids.shape[1]
+        self.reached = self.reached or time.monotonic() - self.start >= self.seconds
+        return torch.full((input_ids.shape[0],), self.reached, dtype=torch.bool, device=input_ids.device)
+
+
 class SamPipeline:
     """Images + prompt in, answers out, for one loaded model serving SAM and the baseline."""
 
@@ -78,6 +99,27 @@ class SamPipeline:
     @property
     def device(self) -> torch.device:
         return self.model.query_tokens.device
+
+    def check_prompt(self, prompt: str, num_images: int, max_new_tokens: int, limit: int | None = None) -> None:
+        """Refuse, with a message that says what to change, a prompt whose `{image#k}` markers name a missing
+        image or that does not fit: at most `limit` LLM tokens, and the N·K visual tokens + prompt + new tokens
+        must fit the language model's positions (the Q-Former reads only the last 128 tokens of it, as the
+        authors' model does)."""
+        check_image_markers(prompt, num_images)
+        tokens = len(self.processor.tokenizer(prompt)["input_ids"])
+        positions = getattr(self.model.config.text_config, "max_position_embeddings", None)
+        room = None if positions is None else positions - num_images * self.processor.num_query_tokens - max_new_tokens
+        if room is not None and room < 1:
+            raise PromptError(
+                f"{num_images} images and {max_new_tokens} new tokens do not fit this model's {positions} positions: "
+                "use fewer images or fewer new tokens"
+            )
+        allowed = min(value for value in (limit, room) if value is not None) if (limit, room) != (None, None) else None
+        if allowed is not None and tokens > allowed:
+            raise PromptError(
+                f"the prompt is too long: {tokens} tokens, at most {allowed} with {num_images} images and "
+                f"{max_new_tokens} new tokens; shorten it"
+            )
 
     def prepare(self, images: Sequence, prompt: str):
         return self.processor(list(images), prompt).to(self.device)
