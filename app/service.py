@@ -1,25 +1,34 @@
 """What the UI and the API call: validated inputs in, answers out. No Gradio components here."""
 
+import gc
 import os
+import re
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import psutil
 import torch
 from PIL import Image
+from transformers import StoppingCriteriaList
 
 from sam_core.data import MiniLink, MiniLinkConfig
-from sam_core.generation import GENERATION_PRESETS, SamPipeline, generation_kwargs
+from sam_core.generation import GENERATION_PRESETS, AnswerDeadline, SamPipeline, generation_kwargs
 from sam_core.loading import IDENTITY_WARNING, SamLoadError, load_sam
-from sam_core.processing import ImageLoadError, group_caption_prompt, load_image, question_prompt, storytelling_prompt
+from sam_core.processing import (
+    ImageLoadError, PromptError, group_caption_prompt, load_image, question_prompt, storytelling_prompt,
+)
 
 from visualization import Report, explain
 
 from .settings import AppSettings
 
 TASKS = ("Group captioning", "Storytelling", "Free question")
+OUT_OF_MEMORY = "Out of memory: try fewer images or fewer new tokens."
+# An absolute POSIX path (not part of a URL or a relative path); only its last component may reach users.
+ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~-])/(?:[^\s/'\"()\[\]{},;:]+/)*([^\s/'\"()\[\]{},;:]*)")
 
 try:  # On Hugging Face ZeroGPU Spaces, work that needs the GPU runs inside @spaces.GPU functions.
     import spaces
@@ -34,6 +43,10 @@ except ImportError:
 
 class InputError(ValueError):
     """A request the app refuses, with a message meant for the person who sent it."""
+
+
+class ResourceError(RuntimeError):
+    """A valid request the server could not finish (out of memory); the message says what to try instead."""
 
 
 @dataclass
@@ -82,10 +95,11 @@ class SamService:
         settings = self.settings
         try:
             loaded = load_sam(settings.model, settings.adapter, settings.quantization, settings.device)
-        except SamLoadError as error:
+        except Exception as error:  # whatever is wrong with the configured weights, keep serving
             if settings.model is None and settings.adapter is None:
                 raise
-            self.notice = f"Could not load the configured model ({error}). Serving the embedded default instead."
+            reason = str(error) if isinstance(error, SamLoadError) else error.__class__.__name__
+            self.notice = public_text(f"Could not load the configured model ({reason}). Serving the embedded default instead.")
             loaded = load_sam()
         self.loaded, self.pipeline = loaded, SamPipeline(loaded)
 
@@ -96,7 +110,8 @@ class SamService:
                     "device": "GPU (attached per request)", "dtype": "float16", "adapter": self.settings.adapter,
                     "context": "?", "exchange_layer": "?", "num_query_tokens": "?",
                     "guidance_identity": self.settings.adapter is None, "warning": None}
-        return self.loaded.info.to_dict()
+        info = self.loaded.info.to_dict()
+        return {**info, "name": public_text(str(info["name"]))}
 
     def images(self, files) -> list[Image.Image]:
         """Uploaded files → RGB images (downscaled above the pixel limit), or a clear refusal."""
@@ -114,32 +129,56 @@ class SamService:
             images.append(downscale(image, self.settings.max_pixels))
         return images
 
-    def prompt(self, task: str, num_images: int, text: str, captions: list[str]) -> str:
+    def prompt(self, task: str, num_images: int, text: str, captions: list[str], exact_captions: bool = False) -> str:
+        """The task's prompt. The UI keeps hidden caption boxes when images are removed, so extra captions are
+        dropped there; an API call (`exact_captions`) must send exactly one caption per image but the last."""
         if task == "Group captioning":
             return group_caption_prompt(num_images)
         if task == "Storytelling":
-            captions = [c for c in (captions or [])][: max(num_images - 1, 0)]
             if num_images < 2:
                 raise InputError("Storytelling needs at least two images: captions for the first ones, the last to continue.")
-            if len(captions) < num_images - 1 or any(not c.strip() for c in captions):
+            captions = list(captions or [])
+            if exact_captions and len(captions) != num_images - 1:
+                raise InputError(
+                    f"Storytelling with {num_images} images needs {num_images - 1} captions (one per image but the last); "
+                    f"got {len(captions)}."
+                )
+            captions = captions[: num_images - 1]
+            if len(captions) < num_images - 1 or any(not question_prompt(c) for c in captions):
                 raise InputError(f"Write a caption for each image but the last ({num_images - 1} captions).")
             return storytelling_prompt(captions)
+        if task != "Free question":
+            raise InputError(f"Unknown task {task!r}; choose one of {', '.join(TASKS)}.")
         text = question_prompt(text or "")
         if not text:
             raise InputError("Write a question.")
-        if len(text.split()) > self.settings.max_prompt_words:
-            raise InputError(f"The question is too long: at most {self.settings.max_prompt_words} words.")
         return text
+
+    def check_prompt(self, prompt: str, num_images: int, max_new_tokens: int) -> None:
+        """Markers and length against the loaded model (its tokenizer and positions) and SAM_MAX_PROMPT_TOKENS."""
+        try:
+            self.pipeline.check_prompt(prompt, num_images, max_new_tokens, limit=self.settings.max_prompt_tokens)
+        except PromptError as error:
+            message = str(error)
+            raise InputError(message[:1].upper() + message[1:] + ".") from None
+
+    def deadline(self) -> AnswerDeadline:
+        """Each of a request's two answers gets half of SAM_REQUEST_TIMEOUT."""
+        return AnswerDeadline(self.settings.request_timeout / 2)
 
     @gpu_task
     def compare(self, images: list[Image.Image], prompt: str, decoding: Decoding) -> Iterator[dict]:
         """Yield the state of both answers as they grow: SAM first, then the baseline (streamed where the
         decoding allows, else each appears when done), with time and memory per answer."""
         settings = decoding.kwargs(self.settings.max_new_tokens)
-        state = {"sam": "", "baseline": "", "stats": {}}
-        with self.lock:
+        deadline = self.deadline()
+        settings["stopping_criteria"] = StoppingCriteriaList([deadline])
+        state = {"sam": "", "baseline": "", "stats": {}, "cut_short": []}
+        with self.lock, out_of_memory_answer():
             self.ready()
+            self.check_prompt(prompt, len(images), settings["max_new_tokens"])
             for mode in ("sam", "baseline"):
+                deadline.restart()
                 start, rss_before = time.perf_counter(), psutil.Process().memory_info().rss
                 if settings.get("num_beams", 1) == 1:
                     for partial in self.pipeline.stream(images, prompt, mode=mode, seed=decoding.seed, preset="greedy", **settings):
@@ -148,6 +187,8 @@ class SamService:
                 else:
                     result = self.pipeline.generate(images, prompt, mode=mode, seed=decoding.seed, preset="greedy", **settings)
                     state[mode] = result.answers[mode].text
+                if deadline.reached:
+                    state["cut_short"].append(mode)
                 state["stats"][mode] = {
                     "seconds": time.perf_counter() - start,
                     "rss_mb": psutil.Process().memory_info().rss / 2**20,
@@ -161,12 +202,35 @@ class SamService:
     def explain(self, images: list[Image.Image], prompt: str, decoding: Decoding, progress=None) -> Report:
         """Every analysis view of one compare-mode run (answers, maps and attributions from the same pass)."""
         settings = decoding.kwargs(self.settings.max_new_tokens)
-        with self.lock:
+        settings["stopping_criteria"] = StoppingCriteriaList([self.deadline()])
+        with self.lock, out_of_memory_answer():
             self.ready()
+            self.check_prompt(prompt, len(images), settings["max_new_tokens"])
             return explain(self.pipeline, images, prompt, preset="greedy", seed=decoding.seed, progress=progress, **settings)
 
     def identity_warning(self) -> str | None:
         return IDENTITY_WARNING if self.info["guidance_identity"] else None
+
+
+@contextmanager
+def out_of_memory_answer():
+    """Running out of memory becomes a clear ResourceError after the failed request's memory is freed, so the
+    next request can run."""
+    try:
+        yield
+    except (torch.OutOfMemoryError, MemoryError):
+        pass  # leave the except block first: its traceback still holds the failed request's tensors
+    else:
+        return
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    raise ResourceError(OUT_OF_MEMORY)
+
+
+def public_text(text: str) -> str:
+    """Text for responses and the page: absolute server paths shortened to their last component."""
+    return ABSOLUTE_PATH.sub(lambda match: match.group(1) or "/", text)
 
 
 def upload_path(item):

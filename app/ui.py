@@ -16,7 +16,7 @@ from visualization import (
 )
 from visualization.common import figure_png
 
-from .service import TASKS, Decoding, InputError, SamService, random_minilink_group, upload_path
+from .service import TASKS, Decoding, InputError, ResourceError, SamService, random_minilink_group, upload_path
 from .settings import AppSettings
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
@@ -50,14 +50,26 @@ def banner_markdown(service: SamService) -> str:
     return "\n\n".join(f"⚠️ {n}" for n in notes)
 
 
-def stats_markdown(stats: dict) -> str:
+def stats_markdown(stats: dict, cut_short: list[str] = (), seconds_per_answer: float = 0.0) -> str:
     parts = []
     for mode, label in (("sam", "SAM"), ("baseline", "Baseline")):
         if mode in stats:
             s = stats[mode]
             extra = f", GPU peak {s['gpu_peak_mb']:.0f} MB" if "gpu_peak_mb" in s else ""
             parts.append(f"**{label}:** {s['seconds']:.2f} s, process memory {s['rss_mb']:.0f} MB{extra}")
-    return " · ".join(parts)
+    notes = [
+        f"⏱️ {'SAM' if mode == 'sam' else 'The baseline'}'s answer was cut short at the time limit "
+        f"({seconds_per_answer:g} s per answer)."
+        for mode in cut_short
+    ]
+    return " · ".join(parts) + "".join(f"\n\n{note}" for note in notes)
+
+
+def figure_failures_markdown(failures: dict[str, str]) -> str:
+    if not failures:
+        return ""
+    names = ", ".join(f"{name} ({error})" for name, error in failures.items())
+    return f"⚠️ Some figures could not be drawn: {names}. The other views are complete; the numbers are in the report."
 
 
 def png_image(png: bytes) -> Image.Image:
@@ -105,28 +117,36 @@ def build_demo(service: SamService) -> gr.Blocks:
     settings: AppSettings = service.settings
     max_captions = max(settings.max_images - 1, 1)
 
-    def run_compare(gallery, task, question, *rest):
-        captions, (preset, max_new_tokens, temperature, repetition_penalty, seed) = rest[:max_captions], rest[max_captions:]
+    seconds_per_answer = settings.request_timeout / 2
+
+    def compare_states(gallery, task, question, captions, decoding_values, exact_captions=False):
+        """The service's growing answers; refusals and failures become gr.Error messages, never tracebacks."""
         try:
             images = service.images(gallery)
-            prompt = service.prompt(task, len(images), question, list(captions))
+            prompt = service.prompt(task, len(images), question, list(captions), exact_captions)
+            preset, max_new_tokens, temperature, repetition_penalty, seed = decoding_values
             decoding = Decoding(preset, int(max_new_tokens), float(temperature), float(repetition_penalty), int(seed))
-            for state in service.compare(images, prompt, decoding):
-                yield state["sam"], state["baseline"], stats_markdown(state["stats"])
-        except InputError as error:
+            yield from service.compare(images, prompt, decoding)
+        except (InputError, ResourceError) as error:
             raise gr.Error(str(error)) from None
         except Exception as error:  # never a traceback on the page; the next request still works
             raise gr.Error(f"Generation failed ({error.__class__.__name__}). Try fewer images or tokens.") from None
 
+    def run_compare(gallery, task, question, *rest):
+        captions, decoding_values = rest[:max_captions], rest[max_captions:]
+        for state in compare_states(gallery, task, question, captions, decoding_values):
+            yield state["sam"], state["baseline"], stats_markdown(state["stats"], state["cut_short"], seconds_per_answer)
+
     def api_compare(files, task, question, captions_text, preset, max_new_tokens, seed):
-        """Both answers for uploaded files: (SAM answer, baseline answer, JSON with timings and the model)."""
+        """Both answers for uploaded files: (SAM answer, baseline answer, JSON with timings, the model, a notice if
+        the configured model could not be loaded, and which answers the time limit cut short)."""
         captions = [line for line in (captions_text or "").splitlines() if line.strip()]
-        captions += [""] * (max_captions - len(captions))
-        final = None
-        for final in run_compare(files, task, question, *captions[:max_captions], preset, max_new_tokens, 1.0, 1.0, seed):
+        state = None
+        for state in compare_states(files, task, question, captions, (preset, max_new_tokens, 1.0, 1.0, seed), True):
             pass
-        sam, baseline, _ = final
-        return sam, baseline, json.dumps({"model": service.info, "prompt_task": task})
+        details = {"model": service.info, "prompt_task": task, "notice": service.notice, "cut_short": state["cut_short"],
+                   "stats": state["stats"]}
+        return state["sam"], state["baseline"], json.dumps(details)
 
     def show_caption_boxes(gallery, task):
         count = len(gallery or [])
@@ -178,6 +198,7 @@ def build_demo(service: SamService) -> gr.Blocks:
 
         report_state = gr.State(None)
         explain_button = gr.Button("Explain the difference (maps, attention, attributions)", variant="secondary")
+        explain_note = gr.Markdown(elem_id="explain-note")
         with gr.Tabs():
             with gr.Tab("Guidance maps"):
                 gr.Markdown("Where each image supplies the shared context: SAM's adaptive-adjustment weights α over its patches.")
@@ -211,11 +232,16 @@ def build_demo(service: SamService) -> gr.Blocks:
                 prompt = service.prompt(task, len(images), question, list(captions))
                 decoding = Decoding(preset, int(max_new_tokens), float(temperature), float(repetition_penalty), int(seed))
                 report = service.explain(images, prompt, decoding, progress=lambda f, m: progress(f, desc=m))
-            except InputError as error:
+            except (InputError, ResourceError) as error:
                 raise gr.Error(str(error)) from None
             except Exception as error:
                 raise gr.Error(f"Analysis failed ({error.__class__.__name__}). Try fewer images or tokens.") from None
             figures = report.figures()
+            try:
+                patches, words_sam, words_baseline = attribution_views(report, "whole answer")
+            except Exception as error:  # a figure that cannot be drawn must not cost the other views
+                report.figure_failures["patch-attribution"] = error.__class__.__name__
+                patches, words_sam, words_baseline = None, None, None
             folder = Path(tempfile.mkdtemp(prefix="sam-report-"))
             html_path, json_path = report.write(folder / "sam_report.html")
             sam_visual = report.capture.visual["sam"]
@@ -223,33 +249,37 @@ def build_demo(service: SamService) -> gr.Blocks:
             heads = ["mean", "max"] + [str(h) for h in range(service.loaded.model.config.qformer_config.num_attention_heads)]
             queries = ["mean"] + [str(q) for q in range(service.info["num_query_tokens"])]
             tokens = ["whole answer"] + [f"{i}: {t}" for i, t in enumerate(report.capture.tokens["sam"])]
-            patches, words_sam, words_baseline = attribution_views(report, "whole answer")
             scores = {mode: report.alignments[mode].score for mode in ("sam", "baseline")}
             alignment_note = " · ".join(
                 f"**{label} alignment score:** {scores[mode]:.3f}" if scores[mode] is not None else f"**{label}:** one image"
                 for mode, label in (("sam", "SAM"), ("baseline", "Baseline"))
             )
+
+            def picture(key):
+                return png_image(figures[key]) if key in figures else None
+
             return (
                 report,
+                figure_failures_markdown(report.figure_failures),
                 report.capture.answers["sam"].text,
                 report.capture.answers["baseline"].text,
-                png_image(figures["guidance"]) if "guidance" in figures else None,
+                picture("guidance"),
                 gr.update(choices=["last"] + layers, value="last"),
                 gr.update(choices=heads, value="mean"),
                 gr.update(choices=queries, value="mean"),
-                png_image(figures["attention"]),
+                picture("attention"),
                 gr.update(choices=tokens, value="whole answer"),
-                png_image(figures["image-attribution"]),
+                picture("image-attribution"),
                 patches,
                 words_sam,
                 words_baseline,
-                png_image(figures["alignment"]),
+                picture("alignment"),
                 alignment_note,
                 [str(html_path), str(json_path)],
             )
 
         explain_inputs = [gallery, task, question, *caption_boxes, preset, max_new_tokens, temperature, repetition_penalty, seed]
-        explain_outputs = [report_state, sam_answer, baseline_answer, guidance_image, layer, head, query, attention_image,
+        explain_outputs = [report_state, explain_note, sam_answer, baseline_answer, guidance_image, layer, head, query, attention_image,
                            token_choice, image_bars, patch_maps, sam_words, baseline_words, alignment_image, alignment_text,
                            report_file]
         explain_button.click(run_explain, explain_inputs, explain_outputs, api_visibility="private")
@@ -320,7 +350,7 @@ def build_demo(service: SamService) -> gr.Blocks:
             outputs = run_explain(files, task, question, *captions[:max_captions], "greedy", max_new_tokens, 1.0, 1.0, seed,
                                   progress=lambda *args, **kwargs: None)
             report, html_path = outputs[0], outputs[-1][0]
-            return json.dumps(report.to_dict()), html_path
+            return json.dumps({**report.to_dict(), "figure_failures": report.figure_failures}), html_path
 
         api_report = gr.File(visible=False)
         api_explain_button = gr.Button(visible=False)
