@@ -7,16 +7,19 @@ SAM_REQUEST_TIMEOUT, SAM_CONCURRENCY, SAM_QUEUE_SIZE, SAM_HOST (127.0.0.1 unless
 
 import contextlib
 import io
+import sys
 import warnings
 
 from PIL import Image
 
+from app.privacy import RedactedLog
 from app.service import SamService
 from app.settings import AppSettings
 from app.ui import CSS, build_demo
 
 
 def main() -> None:
+    sys.stdout, sys.stderr = RedactedLog(sys.stdout), RedactedLog(sys.stderr)
     # load_image refuses such files itself; Pillow's warning would only add its own file path to the log.
     warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
     settings = AppSettings.from_env()

@@ -2,7 +2,6 @@
 
 import gc
 import os
-import re
 import threading
 import time
 from collections.abc import Iterator
@@ -23,12 +22,11 @@ from sam_core.processing import (
 
 from visualization import Report, explain
 
+from .privacy import public_text
 from .settings import AppSettings
 
 TASKS = ("Group captioning", "Storytelling", "Free question")
 OUT_OF_MEMORY = "Out of memory: try fewer images or fewer new tokens."
-# An absolute POSIX path (not part of a URL or a relative path); only its last component may reach users.
-ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~-])/(?:[^\s/'\"()\[\]{},;:]+/)*([^\s/'\"()\[\]{},;:]*)")
 
 try:  # On Hugging Face ZeroGPU Spaces, work that needs the GPU runs inside @spaces.GPU functions.
     import spaces
@@ -226,11 +224,6 @@ def out_of_memory_answer():
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     raise ResourceError(OUT_OF_MEMORY)
-
-
-def public_text(text: str) -> str:
-    """Text for responses and the page: absolute server paths shortened to their last component."""
-    return ABSOLUTE_PATH.sub(lambda match: match.group(1) or "/", text)
 
 
 def upload_path(item):

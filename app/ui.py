@@ -3,6 +3,7 @@ component updates; errors reach the page as gr.Error messages, never tracebacks.
 
 import io
 import json
+import logging
 import random
 import tempfile
 from pathlib import Path
@@ -19,6 +20,7 @@ from visualization.common import figure_png
 from .service import TASKS, Decoding, InputError, ResourceError, SamService, random_minilink_group, upload_path
 from .settings import AppSettings
 
+LOG = logging.getLogger("sam_studio")
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
 INTRO = """# SAM studio
 Upload a set of images and a prompt. **SAM** (Semantic Alignment for Multimodal LLMs, ACM MM 2024) lets the
@@ -63,6 +65,11 @@ def stats_markdown(stats: dict, cut_short: list[str] = (), seconds_per_answer: f
         for mode in cut_short
     ]
     return " · ".join(parts) + "".join(f"\n\n{note}" for note in notes)
+
+
+def refusal(message: str) -> gr.Error:
+    """The message for the page; no traceback in the log for it (unexpected failures are logged where caught)."""
+    return gr.Error(message, print_exception=False)
 
 
 def figure_failures_markdown(failures: dict[str, str]) -> str:
@@ -128,9 +135,10 @@ def build_demo(service: SamService) -> gr.Blocks:
             decoding = Decoding(preset, int(max_new_tokens), float(temperature), float(repetition_penalty), int(seed))
             yield from service.compare(images, prompt, decoding)
         except (InputError, ResourceError) as error:
-            raise gr.Error(str(error)) from None
+            raise refusal(str(error)) from None
         except Exception as error:  # never a traceback on the page; the next request still works
-            raise gr.Error(f"Generation failed ({error.__class__.__name__}). Try fewer images or tokens.") from None
+            LOG.exception("compare failed")
+            raise refusal(f"Generation failed ({error.__class__.__name__}). Try fewer images or tokens.") from None
 
     def run_compare(gallery, task, question, *rest):
         captions, decoding_values = rest[:max_captions], rest[max_captions:]
@@ -233,9 +241,10 @@ def build_demo(service: SamService) -> gr.Blocks:
                 decoding = Decoding(preset, int(max_new_tokens), float(temperature), float(repetition_penalty), int(seed))
                 report = service.explain(images, prompt, decoding, progress=lambda f, m: progress(f, desc=m))
             except (InputError, ResourceError) as error:
-                raise gr.Error(str(error)) from None
+                raise refusal(str(error)) from None
             except Exception as error:
-                raise gr.Error(f"Analysis failed ({error.__class__.__name__}). Try fewer images or tokens.") from None
+                LOG.exception("explain failed")
+                raise refusal(f"Analysis failed ({error.__class__.__name__}). Try fewer images or tokens.") from None
             figures = report.figures()
             try:
                 patches, words_sam, words_baseline = attribution_views(report, "whole answer")

@@ -57,10 +57,15 @@ def three_images():
     return images
 
 
+FAKE_SECRET = "hf_NotARealTokenButTreatItAsSecret"
+
+
 @pytest.fixture(scope="session")
 def app_server(tmp_path_factory):
-    """The real app, `python app.py` on 127.0.0.1, shared by the end-to-end tests: its URL, process id and log."""
-    with serve_app(tmp_path_factory.mktemp("app") / "app.log", SAM_MAX_IMAGES="4", HF_HUB_OFFLINE="1") as app:
+    """The real app, `python app.py` on 127.0.0.1, shared by the end-to-end tests: its URL, process id and log.
+    HF_TOKEN holds a made-up secret that must never reach a response or the log."""
+    log = tmp_path_factory.mktemp("app") / "app.log"
+    with serve_app(log, SAM_MAX_IMAGES="4", HF_HUB_OFFLINE="1", HF_TOKEN=FAKE_SECRET) as app:
         yield app
 
 

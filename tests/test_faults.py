@@ -11,7 +11,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from app.service import ABSOLUTE_PATH, Decoding, ResourceError, SamService
+from app.privacy import ABSOLUTE_PATH
+from app.service import Decoding, ResourceError, SamService
 from app.ui import build_demo
 from sam_core.loading import EMBEDDED_DEFAULT
 

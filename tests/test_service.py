@@ -67,3 +67,11 @@ def test_very_large_legitimate_images_are_downscaled_not_refused(settings, tmp_p
     service = SamService(dataclasses.replace(settings, max_pixels=1024 * 1024))
     (image,) = service.images([str(path)])
     assert image.width * image.height <= 1024 * 1024 and image.size == (1254, 836)
+
+
+def test_public_text_hides_server_paths_and_secrets(monkeypatch):
+    from app.privacy import public_text
+
+    monkeypatch.setenv("HF_TOKEN", "hf_abcdefghijklmnop")
+    text = 'File "/srv/app/sam_core/loading.py", line 3: token hf_abcdefghijklmnop; see https://huggingface.co/a/b or a/b'
+    assert public_text(text) == 'File "loading.py", line 3: token ***; see https://huggingface.co/a/b or a/b'
