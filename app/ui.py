@@ -355,6 +355,10 @@ def build_demo(service: SamService) -> gr.Blocks:
         def api_explain(files, task, question, captions_text, max_new_tokens, seed):
             """Every analysis view of one run: (JSON of all numbers, the HTML report)."""
             captions = [line for line in (captions_text or "").splitlines() if line.strip()]
+            try:  # the API, unlike the page, must send exactly one caption per image but the last
+                service.prompt(task, len(files or []), question, captions, exact_captions=True)
+            except InputError as error:
+                raise refusal(str(error)) from None
             captions += [""] * (max_captions - len(captions))
             outputs = run_explain(files, task, question, *captions[:max_captions], "greedy", max_new_tokens, 1.0, 1.0, seed,
                                   progress=lambda *args, **kwargs: None)

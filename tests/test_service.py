@@ -75,3 +75,12 @@ def test_public_text_hides_server_paths_and_secrets(monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_abcdefghijklmnop")
     text = 'File "/srv/app/sam_core/loading.py", line 3: token hf_abcdefghijklmnop; see https://huggingface.co/a/b or a/b'
     assert public_text(text) == 'File "loading.py", line 3: token ***; see https://huggingface.co/a/b or a/b'
+
+
+def test_the_explain_api_also_needs_exact_captions(settings):
+    from app.ui import build_demo
+
+    explain = next(f.fn for f in build_demo(SamService(settings)).fns.values() if f.api_name == "explain")
+    files = [str(p) for p in sorted(Path("examples/linked-star").glob("*.png"))]
+    with pytest.raises(gr.Error, match="needs 2 captions .* got 3"):
+        explain(files, "Storytelling", "", "a .\nb .\nc .", 4, 0)
