@@ -123,6 +123,7 @@ def png_with_header(width: int, height: int, bit_depth: int = 8, colour_type: in
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows or b"")) + chunk(b"IEND", b"")
 
 
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # Pillow warns, load_image refuses
 @pytest.mark.parametrize("side", [100_000, 10_000], ids=["beyond-twice-the-limit", "beyond-the-limit"])
 def test_decompression_bombs_are_refused_before_decoding(tmp_path, side):
     path = tmp_path / "bomb.png"
