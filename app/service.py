@@ -4,6 +4,7 @@ import gc
 import os
 import threading
 import time
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -216,14 +217,12 @@ def out_of_memory_answer():
     next request can run."""
     try:
         yield
-    except (torch.OutOfMemoryError, MemoryError):
-        pass  # leave the except block first: its traceback still holds the failed request's tensors
-    else:
-        return
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    raise ResourceError(OUT_OF_MEMORY)
+    except (torch.OutOfMemoryError, MemoryError) as error:
+        traceback.clear_frames(error.__traceback__)  # the failed request's tensors live on in its frames' locals
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        raise ResourceError(OUT_OF_MEMORY) from None
 
 
 def upload_path(item):
