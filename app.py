@@ -1,22 +1,35 @@
 """SAM studio: `python app.py` serves the app on the embedded default (also what a Hugging Face Space runs).
 
 Configuration by environment variables (see app/settings.py and the README): SAM_MODEL, SAM_ADAPTER,
-SAM_QUANTIZATION, SAM_DEVICE, SAM_MAX_IMAGES, SAM_MAX_PIXELS, SAM_MAX_NEW_TOKENS, SAM_CONCURRENCY,
-SAM_QUEUE_SIZE, SAM_HOST (127.0.0.1 unless on a Space), SAM_PORT, SAM_TORCH_THREADS.
+SAM_QUANTIZATION, SAM_DEVICE, SAM_MAX_IMAGES, SAM_MAX_PIXELS, SAM_MAX_NEW_TOKENS, SAM_MAX_PROMPT_TOKENS,
+SAM_REQUEST_TIMEOUT, SAM_CONCURRENCY, SAM_QUEUE_SIZE, SAM_HOST (127.0.0.1 unless on a Space), SAM_PORT,
+SAM_TORCH_THREADS.
 """
 
-import torch
+import contextlib
+import io
+import sys
+import warnings
 
+import torch
+from PIL import Image
+
+from app.privacy import RedactedLog
 from app.service import SamService
 from app.settings import AppSettings
 from app.ui import CSS, build_demo
 
 
 def main() -> None:
+    sys.stdout, sys.stderr = RedactedLog(sys.stdout), RedactedLog(sys.stderr)
+    # load_image refuses such files itself; Pillow's warning would only add its own file path to the log.
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
     settings = AppSettings.from_env()
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
-    demo = build_demo(SamService(settings))
+    service = SamService(settings)
+    with contextlib.redirect_stdout(io.StringIO()):  # Gradio prints its example cache's absolute path: not for logs
+        demo = build_demo(service)
     demo.queue(default_concurrency_limit=settings.concurrency, max_size=settings.queue_size)
     demo.launch(server_name=settings.host, server_port=settings.port, css=CSS, max_file_size="20mb")
 

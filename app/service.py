@@ -1,25 +1,33 @@
 """What the UI and the API call: validated inputs in, answers out. No Gradio components here."""
 
+import gc
 import os
 import threading
 import time
+import traceback
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import psutil
 import torch
 from PIL import Image
+from transformers import StoppingCriteriaList
 
 from sam_core.data import MiniLink, MiniLinkConfig
-from sam_core.generation import GENERATION_PRESETS, SamPipeline, generation_kwargs
+from sam_core.generation import GENERATION_PRESETS, AnswerDeadline, SamPipeline, answer_groups, generation_kwargs
 from sam_core.loading import IDENTITY_WARNING, SamLoadError, load_sam
-from sam_core.processing import ImageLoadError, group_caption_prompt, load_image, question_prompt, storytelling_prompt
+from sam_core.processing import (
+    ImageLoadError, PromptError, group_caption_prompt, load_image, question_prompt, storytelling_prompt,
+)
 
 from visualization import Report, explain
 
+from .privacy import public_text
 from .settings import AppSettings
 
 TASKS = ("Group captioning", "Storytelling", "Free question")
+OUT_OF_MEMORY = "Out of memory: try fewer images or fewer new tokens."
 
 try:  # On Hugging Face ZeroGPU Spaces, work that needs the GPU runs inside @spaces.GPU functions.
     import spaces
@@ -34,6 +42,10 @@ except ImportError:
 
 class InputError(ValueError):
     """A request the app refuses, with a message meant for the person who sent it."""
+
+
+class ResourceError(RuntimeError):
+    """A valid request the server could not finish (out of memory); the message says what to try instead."""
 
 
 @dataclass
@@ -82,10 +94,11 @@ class SamService:
         settings = self.settings
         try:
             loaded = load_sam(settings.model, settings.adapter, settings.quantization, settings.device)
-        except SamLoadError as error:
+        except Exception as error:  # whatever is wrong with the configured weights, keep serving
             if settings.model is None and settings.adapter is None:
                 raise
-            self.notice = f"Could not load the configured model ({error}). Serving the embedded default instead."
+            reason = str(error) if isinstance(error, SamLoadError) else error.__class__.__name__
+            self.notice = public_text(f"Could not load the configured model ({reason}). Serving the embedded default instead.")
             loaded = load_sam()
         self.loaded, self.pipeline = loaded, SamPipeline(loaded)
 
@@ -96,7 +109,8 @@ class SamService:
                     "device": "GPU (attached per request)", "dtype": "float16", "adapter": self.settings.adapter,
                     "context": "?", "exchange_layer": "?", "num_query_tokens": "?",
                     "guidance_identity": self.settings.adapter is None, "warning": None}
-        return self.loaded.info.to_dict()
+        info = self.loaded.info.to_dict()
+        return {**info, "name": public_text(str(info["name"]))}
 
     def images(self, files) -> list[Image.Image]:
         """Uploaded files → RGB images (downscaled above the pixel limit), or a clear refusal."""
@@ -114,31 +128,55 @@ class SamService:
             images.append(downscale(image, self.settings.max_pixels))
         return images
 
-    def prompt(self, task: str, num_images: int, text: str, captions: list[str]) -> str:
+    def prompt(self, task: str, num_images: int, text: str, captions: list[str], exact_captions: bool = False) -> str:
+        """The task's prompt. The UI keeps hidden caption boxes when images are removed, so extra captions are
+        dropped there; an API call (`exact_captions`) must send exactly one caption per image but the last."""
         if task == "Group captioning":
             return group_caption_prompt(num_images)
         if task == "Storytelling":
-            captions = [c for c in (captions or [])][: max(num_images - 1, 0)]
             if num_images < 2:
                 raise InputError("Storytelling needs at least two images: captions for the first ones, the last to continue.")
-            if len(captions) < num_images - 1 or any(not c.strip() for c in captions):
+            captions = list(captions or [])
+            if exact_captions and len(captions) != num_images - 1:
+                raise InputError(
+                    f"Storytelling with {num_images} images needs {num_images - 1} captions (one per image but the last); "
+                    f"got {len(captions)}."
+                )
+            captions = captions[: num_images - 1]
+            if len(captions) < num_images - 1 or any(not question_prompt(c) for c in captions):
                 raise InputError(f"Write a caption for each image but the last ({num_images - 1} captions).")
             return storytelling_prompt(captions)
+        if task != "Free question":
+            raise InputError(f"Unknown task {task!r}; choose one of {', '.join(TASKS)}.")
         text = question_prompt(text or "")
         if not text:
             raise InputError("Write a question.")
-        if len(text.split()) > self.settings.max_prompt_words:
-            raise InputError(f"The question is too long: at most {self.settings.max_prompt_words} words.")
         return text
+
+    def check_prompt(self, prompt: str, num_images: int, max_new_tokens: int) -> None:
+        """Markers and length against the loaded model (its tokenizer and positions) and SAM_MAX_PROMPT_TOKENS."""
+        try:
+            self.pipeline.check_prompt(prompt, num_images, max_new_tokens, limit=self.settings.max_prompt_tokens)
+        except PromptError as error:
+            message = str(error)
+            raise InputError(message[:1].upper() + message[1:] + ".") from None
+
+    def deadline(self, settings: dict) -> AnswerDeadline:
+        """SAM_REQUEST_TIMEOUT bounds the answering: all of it for a comparison decoded in one batch, half for
+        each answer where the two are decoded in turn (sampling)."""
+        return AnswerDeadline(self.settings.request_timeout / len(answer_groups("compare", settings)))
 
     @gpu_task
     def compare(self, images: list[Image.Image], prompt: str, decoding: Decoding) -> Iterator[dict]:
         """Yield the state of both answers as they grow (streamed where the decoding allows, else both appear
         when done), then the time and memory the request took. One extraction serves both modes."""
         settings = decoding.kwargs(self.settings.max_new_tokens)
-        state = {"sam": "", "baseline": "", "stats": {}}
-        with self.lock:
+        deadline = self.deadline(settings)
+        settings["stopping_criteria"] = StoppingCriteriaList([deadline])
+        state = {"sam": "", "baseline": "", "stats": {}, "cut_short": []}
+        with self.lock, out_of_memory_answer():
             self.ready()
+            self.check_prompt(prompt, len(images), settings["max_new_tokens"])
             start, rss_before = time.perf_counter(), psutil.Process().memory_info().rss
             if settings.get("num_beams", 1) == 1:
                 for texts in self.pipeline.stream(images, prompt, mode="compare", seed=decoding.seed, preset="greedy", **settings):
@@ -147,12 +185,14 @@ class SamService:
             else:
                 result = self.pipeline.generate(images, prompt, mode="compare", seed=decoding.seed, preset="greedy", **settings)
                 state.update({mode: answer.text for mode, answer in result.answers.items()})
+            groups = answer_groups("compare", settings)
+            state["cut_short"] = [mode for group, cut in zip(groups, deadline.cut_short) if cut for mode in group]
             rss = psutil.Process().memory_info().rss
             state["stats"] = {
                 "seconds": time.perf_counter() - start,
                 "rss_mb": rss / 2**20,
                 "rss_delta_mb": (rss - rss_before) / 2**20,
-                "batched": not settings.get("do_sample"),
+                "batched": len(groups) == 1,
             }
             if torch.cuda.is_available():
                 state["stats"]["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
@@ -162,12 +202,28 @@ class SamService:
     def explain(self, images: list[Image.Image], prompt: str, decoding: Decoding, progress=None) -> Report:
         """Every analysis view of one compare-mode run (answers, maps and attributions from the same pass)."""
         settings = decoding.kwargs(self.settings.max_new_tokens)
-        with self.lock:
+        settings["stopping_criteria"] = StoppingCriteriaList([AnswerDeadline(self.settings.request_timeout / 2)])
+        with self.lock, out_of_memory_answer():
             self.ready()
+            self.check_prompt(prompt, len(images), settings["max_new_tokens"])
             return explain(self.pipeline, images, prompt, preset="greedy", seed=decoding.seed, progress=progress, **settings)
 
     def identity_warning(self) -> str | None:
         return IDENTITY_WARNING if self.info["guidance_identity"] else None
+
+
+@contextmanager
+def out_of_memory_answer():
+    """Running out of memory becomes a clear ResourceError after the failed request's memory is freed, so the
+    next request can run."""
+    try:
+        yield
+    except (torch.OutOfMemoryError, MemoryError) as error:
+        traceback.clear_frames(error.__traceback__)  # the failed request's tensors live on in its frames' locals
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        raise ResourceError(OUT_OF_MEMORY) from None
 
 
 def upload_path(item):

@@ -16,6 +16,16 @@ def _env_int(name: str, default: int) -> int:
         raise ValueError(f"{name} must be a whole number, got {value!r}") from None
 
 
+def _env_float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    if value in (None, ""):
+        return default
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+
+
 @dataclass(frozen=True)
 class AppSettings:
     """Which model to serve and the limits every request is held to."""
@@ -27,7 +37,8 @@ class AppSettings:
     max_images: int
     max_pixels: int  # larger uploads are downscaled to this many pixels, not rejected
     max_new_tokens: int
-    max_prompt_words: int
+    max_prompt_tokens: int  # LLM tokens of the whole prompt (question, or storytelling captions and question)
+    request_timeout: float  # seconds of answering per request (half per answer where the two are decoded in turn)
     concurrency: int
     queue_size: int
     host: str
@@ -46,7 +57,8 @@ class AppSettings:
             max_images=_env_int("SAM_MAX_IMAGES", 8 if gpu else 6),
             max_pixels=_env_int("SAM_MAX_PIXELS", 1024 * 1024),
             max_new_tokens=_env_int("SAM_MAX_NEW_TOKENS", 256 if gpu else 64),
-            max_prompt_words=_env_int("SAM_MAX_PROMPT_WORDS", 400),
+            max_prompt_tokens=_env_int("SAM_MAX_PROMPT_TOKENS", 1024 if gpu else 512),
+            request_timeout=_env_float("SAM_REQUEST_TIMEOUT", 300.0 if gpu else 120.0),
             concurrency=_env_int("SAM_CONCURRENCY", 1 if gpu else 2),
             queue_size=_env_int("SAM_QUEUE_SIZE", 32),
             host=os.environ.get("SAM_HOST", "0.0.0.0" if on_spaces else "127.0.0.1"),

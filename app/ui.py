@@ -3,6 +3,7 @@ component updates; errors reach the page as gr.Error messages, never tracebacks.
 
 import io
 import json
+import logging
 import random
 import tempfile
 from pathlib import Path
@@ -16,9 +17,10 @@ from visualization import (
 )
 from visualization.common import figure_png
 
-from .service import TASKS, Decoding, InputError, SamService, random_minilink_group, upload_path
+from .service import TASKS, Decoding, InputError, ResourceError, SamService, random_minilink_group, upload_path
 from .settings import AppSettings
 
+LOG = logging.getLogger("sam_studio")
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
 INTRO = """# SAM studio
 Upload a set of images and a prompt. **SAM** (Semantic Alignment for Multimodal LLMs, ACM MM 2024) lets the
@@ -50,12 +52,29 @@ def banner_markdown(service: SamService) -> str:
     return "\n\n".join(f"⚠️ {n}" for n in notes)
 
 
-def stats_markdown(stats: dict) -> str:
+def stats_markdown(stats: dict, cut_short: list[str] = (), time_limit: float = 0.0) -> str:
     if not stats:
         return ""
     how = "in one batch" if stats["batched"] else "one after the other"
     extra = f", GPU peak {stats['gpu_peak_mb']:.0f} MB" if "gpu_peak_mb" in stats else ""
-    return f"**Both answers ({how}):** {stats['seconds']:.2f} s, process memory {stats['rss_mb']:.0f} MB{extra}"
+    text = f"**Both answers ({how}):** {stats['seconds']:.2f} s, process memory {stats['rss_mb']:.0f} MB{extra}"
+    notes = [
+        f"⏱️ {'SAM' if mode == 'sam' else 'The baseline'}'s answer was cut short at the time limit ({time_limit:g} s per request)."
+        for mode in cut_short
+    ]
+    return text + "".join(f"\n\n{note}" for note in notes)
+
+
+def refusal(message: str) -> gr.Error:
+    """The message for the page; no traceback in the log for it (unexpected failures are logged where caught)."""
+    return gr.Error(message, print_exception=False)
+
+
+def figure_failures_markdown(failures: dict[str, str]) -> str:
+    if not failures:
+        return ""
+    names = ", ".join(f"{name} ({error})" for name, error in failures.items())
+    return f"⚠️ Some figures could not be drawn: {names}. The other views are complete; the numbers are in the report."
 
 
 def png_image(png: bytes) -> Image.Image:
@@ -103,31 +122,37 @@ def build_demo(service: SamService) -> gr.Blocks:
     settings: AppSettings = service.settings
     max_captions = max(settings.max_images - 1, 1)
 
-    def compare_states(gallery, task, question, captions, decoding_values):
-        """The service's growing answers for one request; bad input and failures become a gr.Error."""
-        preset, max_new_tokens, temperature, repetition_penalty, seed = decoding_values
+    time_limit = settings.request_timeout
+
+    def compare_states(gallery, task, question, captions, decoding_values, exact_captions=False):
+        """The service's growing answers; refusals and failures become gr.Error messages, never tracebacks."""
         try:
             images = service.images(gallery)
-            prompt = service.prompt(task, len(images), question, list(captions))
+            prompt = service.prompt(task, len(images), question, list(captions), exact_captions)
+            preset, max_new_tokens, temperature, repetition_penalty, seed = decoding_values
             decoding = Decoding(preset, int(max_new_tokens), float(temperature), float(repetition_penalty), int(seed))
             yield from service.compare(images, prompt, decoding)
-        except InputError as error:
-            raise gr.Error(str(error)) from None
+        except (InputError, ResourceError) as error:
+            raise refusal(str(error)) from None
         except Exception as error:  # never a traceback on the page; the next request still works
-            raise gr.Error(f"Generation failed ({error.__class__.__name__}). Try fewer images or tokens.") from None
+            LOG.exception("compare failed")
+            raise refusal(f"Generation failed ({error.__class__.__name__}). Try fewer images or tokens.") from None
 
     def run_compare(gallery, task, question, *rest):
-        for state in compare_states(gallery, task, question, rest[:max_captions], rest[max_captions:]):
-            yield state["sam"], state["baseline"], stats_markdown(state["stats"])
+        captions, decoding_values = rest[:max_captions], rest[max_captions:]
+        for state in compare_states(gallery, task, question, captions, decoding_values):
+            yield state["sam"], state["baseline"], stats_markdown(state["stats"], state["cut_short"], time_limit)
 
     def api_compare(files, task, question, captions_text, preset, max_new_tokens, seed):
-        """Both answers for uploaded files: (SAM answer, baseline answer, JSON with timings and the model)."""
+        """Both answers for uploaded files: (SAM answer, baseline answer, JSON with timings, the model, a notice if
+        the configured model could not be loaded, and which answers the time limit cut short)."""
         captions = [line for line in (captions_text or "").splitlines() if line.strip()]
-        captions += [""] * (max_captions - len(captions))
         state = None
-        for state in compare_states(files, task, question, captions[:max_captions], (preset, max_new_tokens, 1.0, 1.0, seed)):
+        for state in compare_states(files, task, question, captions, (preset, max_new_tokens, 1.0, 1.0, seed), True):
             pass
-        return state["sam"], state["baseline"], json.dumps({"model": service.info, "prompt_task": task, "stats": state["stats"]})
+        details = {"model": service.info, "prompt_task": task, "notice": service.notice, "cut_short": state["cut_short"],
+                   "stats": state["stats"]}
+        return state["sam"], state["baseline"], json.dumps(details)
 
     def show_caption_boxes(gallery, task):
         count = len(gallery or [])
@@ -179,6 +204,7 @@ def build_demo(service: SamService) -> gr.Blocks:
 
         report_state = gr.State(None)
         explain_button = gr.Button("Explain the difference (maps, attention, attributions)", variant="secondary")
+        explain_note = gr.Markdown(elem_id="explain-note")
         with gr.Tabs():
             with gr.Tab("Guidance maps"):
                 gr.Markdown("Where each image supplies the shared context: SAM's adaptive-adjustment weights α over its patches.")
@@ -212,11 +238,17 @@ def build_demo(service: SamService) -> gr.Blocks:
                 prompt = service.prompt(task, len(images), question, list(captions))
                 decoding = Decoding(preset, int(max_new_tokens), float(temperature), float(repetition_penalty), int(seed))
                 report = service.explain(images, prompt, decoding, progress=lambda f, m: progress(f, desc=m))
-            except InputError as error:
-                raise gr.Error(str(error)) from None
+            except (InputError, ResourceError) as error:
+                raise refusal(str(error)) from None
             except Exception as error:
-                raise gr.Error(f"Analysis failed ({error.__class__.__name__}). Try fewer images or tokens.") from None
+                LOG.exception("explain failed")
+                raise refusal(f"Analysis failed ({error.__class__.__name__}). Try fewer images or tokens.") from None
             figures = report.figures()
+            try:
+                patches, words_sam, words_baseline = attribution_views(report, "whole answer")
+            except Exception as error:  # a figure that cannot be drawn must not cost the other views
+                report.figure_failures["patch-attribution"] = error.__class__.__name__
+                patches, words_sam, words_baseline = None, None, None
             folder = Path(tempfile.mkdtemp(prefix="sam-report-"))
             html_path, json_path = report.write(folder / "sam_report.html")
             sam_visual = report.capture.visual["sam"]
@@ -224,33 +256,37 @@ def build_demo(service: SamService) -> gr.Blocks:
             heads = ["mean", "max"] + [str(h) for h in range(service.loaded.model.config.qformer_config.num_attention_heads)]
             queries = ["mean"] + [str(q) for q in range(service.info["num_query_tokens"])]
             tokens = ["whole answer"] + [f"{i}: {t}" for i, t in enumerate(report.capture.tokens["sam"])]
-            patches, words_sam, words_baseline = attribution_views(report, "whole answer")
             scores = {mode: report.alignments[mode].score for mode in ("sam", "baseline")}
             alignment_note = " · ".join(
                 f"**{label} alignment score:** {scores[mode]:.3f}" if scores[mode] is not None else f"**{label}:** one image"
                 for mode, label in (("sam", "SAM"), ("baseline", "Baseline"))
             )
+
+            def picture(key):
+                return png_image(figures[key]) if key in figures else None
+
             return (
                 report,
+                figure_failures_markdown(report.figure_failures),
                 report.capture.answers["sam"].text,
                 report.capture.answers["baseline"].text,
-                png_image(figures["guidance"]) if "guidance" in figures else None,
+                picture("guidance"),
                 gr.update(choices=["last"] + layers, value="last"),
                 gr.update(choices=heads, value="mean"),
                 gr.update(choices=queries, value="mean"),
-                png_image(figures["attention"]),
+                picture("attention"),
                 gr.update(choices=tokens, value="whole answer"),
-                png_image(figures["image-attribution"]),
+                picture("image-attribution"),
                 patches,
                 words_sam,
                 words_baseline,
-                png_image(figures["alignment"]),
+                picture("alignment"),
                 alignment_note,
                 [str(html_path), str(json_path)],
             )
 
         explain_inputs = [gallery, task, question, *caption_boxes, preset, max_new_tokens, temperature, repetition_penalty, seed]
-        explain_outputs = [report_state, sam_answer, baseline_answer, guidance_image, layer, head, query, attention_image,
+        explain_outputs = [report_state, explain_note, sam_answer, baseline_answer, guidance_image, layer, head, query, attention_image,
                            token_choice, image_bars, patch_maps, sam_words, baseline_words, alignment_image, alignment_text,
                            report_file]
         explain_button.click(run_explain, explain_inputs, explain_outputs, api_visibility="private")
@@ -317,11 +353,15 @@ def build_demo(service: SamService) -> gr.Blocks:
         def api_explain(files, task, question, captions_text, max_new_tokens, seed):
             """Every analysis view of one run: (JSON of all numbers, the HTML report)."""
             captions = [line for line in (captions_text or "").splitlines() if line.strip()]
+            try:  # the API, unlike the page, must send exactly one caption per image but the last
+                service.prompt(task, len(files or []), question, captions, exact_captions=True)
+            except InputError as error:
+                raise refusal(str(error)) from None
             captions += [""] * (max_captions - len(captions))
             outputs = run_explain(files, task, question, *captions[:max_captions], "greedy", max_new_tokens, 1.0, 1.0, seed,
                                   progress=lambda *args, **kwargs: None)
             report, html_path = outputs[0], outputs[-1][0]
-            return json.dumps(report.to_dict()), html_path
+            return json.dumps({**report.to_dict(), "figure_failures": report.figure_failures}), html_path
 
         api_report = gr.File(visible=False)
         api_explain_button = gr.Button(visible=False)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from gradio_client import Client, handle_file
 
-from .serve import REPO_ROOT, running_app
+from .serve import REPO_ROOT, serve_app
 
 EXAMPLE = sorted((REPO_ROOT / "examples" / "minilink-group").glob("*.png"))
 
@@ -41,8 +41,8 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory() as directory:
         for threads in args.threads:
             log = Path(directory) / f"app-{threads}.log"
-            with running_app(log, SAM_TORCH_THREADS=str(threads), SAM_MAX_NEW_TOKENS=str(args.new_tokens)) as (url, _):
-                client = Client(url, verbose=False)
+            with serve_app(log, SAM_TORCH_THREADS=str(threads), SAM_MAX_NEW_TOKENS=str(args.new_tokens), HF_HUB_OFFLINE="1") as app:
+                client = Client(app.url, verbose=False)
                 request_seconds(client, EXAMPLE, args.new_tokens)
                 runs = [request_seconds(client, EXAMPLE, args.new_tokens) for _ in range(args.repeats)]
             times = sorted(seconds for seconds, _, _ in runs)

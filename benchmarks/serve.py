@@ -5,12 +5,21 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class AppProcess:
+    url: str
+    pid: int
+    log_path: Path
 
 
 def free_port() -> int:
@@ -20,31 +29,25 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_app(log_path: str | Path, startup_seconds: float = 120, **settings: str):
-    """Start the app with SAM_* settings (e.g. SAM_MAX_IMAGES="4"); yield (url, process); stop it after."""
+def serve_app(log_path: Path, **env: str) -> Iterator[AppProcess]:
+    """`python app.py` on a free port of 127.0.0.1 with extra environment variables, until the block ends."""
     port = free_port()
-    env = {**os.environ, **settings, "SAM_PORT": str(port), "SAM_HOST": "127.0.0.1", "HF_HUB_OFFLINE": "1",
-           "GRADIO_ANALYTICS_ENABLED": "False"}
+    environment = {**os.environ, "SAM_PORT": str(port), "SAM_HOST": "127.0.0.1", "GRADIO_ANALYTICS_ENABLED": "False", **env}
+    url = f"http://127.0.0.1:{port}/"
     with open(log_path, "w") as log:
-        server = subprocess.Popen([sys.executable, "app.py"], cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        url = f"http://127.0.0.1:{port}/"
+        server = subprocess.Popen([sys.executable, "app.py"], cwd=REPO_ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT)
         try:
-            deadline = time.monotonic() + startup_seconds
-            while True:
+            for _ in range(240):
                 if server.poll() is not None:
-                    raise RuntimeError(f"the app exited during start-up:\n{Path(log_path).read_text()}")
+                    raise RuntimeError(f"app exited: {Path(log_path).read_text()}")
                 try:
                     if httpx.get(url, timeout=1).status_code == 200:
                         break
                 except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"the app did not answer within {startup_seconds:.0f} s")
-                time.sleep(0.5)
-            yield url, server
+                    time.sleep(0.5)
+            else:
+                raise RuntimeError("app did not start")
+            yield AppProcess(url, server.pid, Path(log_path))
         finally:
             server.terminate()
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                server.kill()
+            server.wait(timeout=30)

@@ -5,10 +5,12 @@ import json
 import sys
 from pathlib import Path
 
+import torch
+
 from .convert import ConversionError, convert_checkpoint
 from .generation import GENERATION_PRESETS, MODES, SamPipeline
 from .loading import IDENTITY_WARNING, QUANTIZATIONS, SamLoadError, load_sam
-from .processing import ImageLoadError, group_caption_prompt, load_image, storytelling_prompt
+from .processing import ImageLoadError, PromptError, group_caption_prompt, load_image, question_prompt, storytelling_prompt
 
 TASKS = ("group", "story")
 
@@ -56,7 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def build_prompt(args) -> str:
     if args.prompt is not None:
-        return args.prompt
+        prompt = question_prompt(args.prompt)
+        if not prompt:
+            raise PromptError("the prompt is empty")
+        return prompt
     if args.task == "group":
         return group_caption_prompt(len(args.images))
     if len(args.captions) != len(args.images) - 1:
@@ -68,13 +73,18 @@ def run_generate(args) -> int:
     prompt = build_prompt(args)
     images = [load_image(path) for path in args.images]  # fail on a bad file before loading the model
     loaded = load_sam(args.model, args.adapter, args.quantization, args.device, context=args.context)
-    result = SamPipeline(loaded).generate(
+    pipeline = SamPipeline(loaded)
+    max_new_tokens = args.max_new_tokens or GENERATION_PRESETS[args.preset]["max_new_tokens"]
+    if max_new_tokens < 1:
+        raise ValueError("--max-new-tokens must be at least 1")
+    pipeline.check_prompt(prompt, len(images), max_new_tokens)
+    result = pipeline.generate(
         images,
         prompt,
         mode=args.mode,
         preset=args.preset,
         seed=args.seed,
-        max_new_tokens=args.max_new_tokens,
+        max_new_tokens=max_new_tokens,
         temperature=args.temperature,
         repetition_penalty=args.repetition_penalty,
     )
@@ -108,6 +118,9 @@ def main(argv=None) -> int:
     except (SamLoadError, ImageLoadError, ConversionError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except torch.OutOfMemoryError:
+        print("error: out of memory: try fewer images, fewer new tokens or --quantization 4bit", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

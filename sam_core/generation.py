@@ -7,10 +7,12 @@ from queue import Queue
 from threading import Thread
 
 import torch
+from transformers import StoppingCriteria
 from transformers.generation.streamers import BaseStreamer
 
 from .loading import LoadedSam
 from .modeling import SamVisualTokens
+from .processing import PromptError, check_image_markers
 
 MODES = ("compare", "sam", "baseline")
 GENERATION_PRESETS = {
@@ -68,6 +70,39 @@ def generation_kwargs(preset: str = "greedy", **overrides) -> dict:
     return settings
 
 
+class AnswerDeadline(StoppingCriteria):
+    """Stops each generate call `seconds` after it started (a new call restarts the clock) and remembers, per
+    call, whether it had to, so the caller can say which answers were cut short. Pass it as
+    `stopping_criteria=StoppingCriteriaList([deadline])`."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.cut_short: list[bool] = []  # one entry per generate call, in order
+        self.restart()
+
+    def restart(self) -> None:
+        self.start, self.length = time.monotonic(), 0
+        self.cut_short.append(False)
+
+    @property
+    def reached(self) -> bool:
+        return any(self.cut_short)
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        if input_ids.shape[1] <= self.length:  # a shorter sequence than last step: the next call began
+            self.restart()
+        self.length = input_ids.shape[1]
+        self.cut_short[-1] = self.cut_short[-1] or time.monotonic() - self.start >= self.seconds
+        return torch.full((input_ids.shape[0],), self.cut_short[-1], dtype=torch.bool, device=input_ids.device)
+
+
+def answer_groups(mode: str, settings: dict) -> list[list[str]]:
+    """The modes each generate call answers: a comparison under deterministic decoding is one batch of two;
+    sampling decodes the modes in turn from the same seed, so equal visual tokens give equal answers."""
+    modes = ["sam", "baseline"] if mode == "compare" else [mode]
+    return [modes] if mode == "compare" and not settings.get("do_sample") else [[name] for name in modes]
+
+
 class SamPipeline:
     """Images + prompt in, answers out, for one loaded model serving SAM and the baseline."""
 
@@ -79,6 +114,27 @@ class SamPipeline:
     @property
     def device(self) -> torch.device:
         return self.model.query_tokens.device
+
+    def check_prompt(self, prompt: str, num_images: int, max_new_tokens: int, limit: int | None = None) -> None:
+        """Refuse, with a message that says what to change, a prompt whose `{image#k}` markers name a missing
+        image or that does not fit: at most `limit` LLM tokens, and the N·K visual tokens + prompt + new tokens
+        must fit the language model's positions (the Q-Former reads only the last 128 tokens of it, as the
+        authors' model does)."""
+        check_image_markers(prompt, num_images)
+        tokens = len(self.processor.tokenizer(prompt)["input_ids"])
+        positions = getattr(self.model.config.text_config, "max_position_embeddings", None)
+        room = None if positions is None else positions - num_images * self.processor.num_query_tokens - max_new_tokens
+        if room is not None and room < 1:
+            raise PromptError(
+                f"{num_images} images and {max_new_tokens} new tokens do not fit this model's {positions} positions: "
+                "use fewer images or fewer new tokens"
+            )
+        allowed = min(value for value in (limit, room) if value is not None) if (limit, room) != (None, None) else None
+        if allowed is not None and tokens > allowed:
+            raise PromptError(
+                f"the prompt is too long: {tokens} tokens, at most {allowed} with {num_images} images and "
+                f"{max_new_tokens} new tokens; shorten it"
+            )
 
     def prepare(self, images: Sequence, prompt: str):
         return self.processor(list(images), prompt).to(self.device)
@@ -114,9 +170,8 @@ class SamPipeline:
         start = time.perf_counter()
         visual = self.extract(inputs, mode)
         extraction_seconds = time.perf_counter() - start
-        groups = [list(visual)] if mode == "compare" and not settings.get("do_sample") else [[name] for name in visual]
         answers = {}
-        for names in groups:
+        for names in answer_groups(mode, settings):
             if seed is not None:
                 torch.manual_seed(seed)
             start = time.perf_counter()
@@ -140,9 +195,8 @@ class SamPipeline:
             raise ValueError("streaming needs greedy or sampling decoding (num_beams=1)")
         inputs = self.prepare(images, prompt)
         visual = self.extract(inputs, mode)
-        groups = [list(visual)] if mode == "compare" and not settings.get("do_sample") else [[name] for name in visual]
         texts = dict.fromkeys(visual, "")
-        for names in groups:
+        for names in answer_groups(mode, settings):
             streamer = BatchTextStreamer(self.processor.tokenizer, len(names))
             for pieces in streamer.run(self._streamed_generation(inputs, [visual[n] for n in names], seed, streamer, settings)):
                 texts.update(zip(names, pieces))

@@ -135,6 +135,8 @@ def load_sam(
         processor = SamProcessor.from_pretrained(location, local_files_only=kwargs["local_files_only"])
     except (OSError, ValueError) as error:
         raise SamLoadError(missing_weights_message(location, source, error)) from None
+    except SafetensorError as error:
+        raise SamLoadError(f"Could not load the model in {location}: its weights are not a readable safetensors file ({error})") from None
     if quant is None:
         sam.to(device)
     if adapter is not None:

@@ -1,5 +1,7 @@
 """Inputs for SAM: image loading, the paper's prompt templates, and the multi-image processor."""
 
+import re
+import unicodedata
 from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,6 +14,7 @@ from transformers.utils import logging as transformers_logging
 
 QFORMER_MAX_TOKENS = 128  # the authors truncate the Q-Former instruction (from the left) at 128 tokens
 NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
+IMAGE_MARKER = re.compile(r"\{image#(\d+)\}")
 STORY_QUESTION = "With the narratives paired with the initial images, how would you conclude the story using the last picture?"
 
 
@@ -36,18 +39,29 @@ class ImageLoadError(ValueError):
     """An input that is not a readable image; the message names it and says why."""
 
 
+class PromptError(ValueError):
+    """A prompt the model cannot take; the message says why and what to change."""
+
+
 def load_image(image) -> Image.Image:
     """A PIL RGB image from a PIL image, a path, or an (H, W[, C]) array; EXIF rotation applied,
-    transparency composited on white, any mode (palette, 16-bit, CMYK, grayscale) converted."""
+    transparency composited on white, any mode (palette, 16-bit, CMYK, grayscale) converted, the first frame
+    of an animation. Files declaring more than Pillow's `Image.MAX_IMAGE_PIXELS` are refused before their
+    pixels are decoded (a few-KB file can declare 100000×100000 pixels: a decompression bomb)."""
     if isinstance(image, (str, Path)):
+        name = Path(image).name
         try:
             with Image.open(image) as opened:
+                if opened.width * opened.height > Image.MAX_IMAGE_PIXELS:
+                    raise ImageLoadError(too_large_message(name, f"{opened.width}×{opened.height} pixels"))
                 opened.load()
                 image = opened.copy() if opened.format != "GIF" else opened.convert("RGBA")
         except FileNotFoundError:
-            raise ImageLoadError(f"{Path(image).name}: no such file") from None
-        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
-            raise ImageLoadError(f"{Path(image).name}: not a readable image ({error.__class__.__name__})") from None
+            raise ImageLoadError(f"{name}: no such file") from None
+        except Image.DecompressionBombError:
+            raise ImageLoadError(too_large_message(name, "over twice that many pixels")) from None
+        except (UnidentifiedImageError, OSError) as error:
+            raise ImageLoadError(f"{name}: not a readable image ({error.__class__.__name__})") from None
     elif isinstance(image, np.ndarray):
         array = image
         if array.dtype != np.uint8:
@@ -69,6 +83,27 @@ def load_image(image) -> Image.Image:
     return image.convert("RGB")
 
 
+def too_large_message(name: str, declared: str) -> str:
+    return f"{name}: too large to decode safely ({declared} declared; at most {Image.MAX_IMAGE_PIXELS:,} pixels)"
+
+
+def clean_text(text: str) -> str:
+    """NFC-normalised text with control and format characters (NUL, terminal escapes, bidi overrides,
+    zero-width marks, lone surrogates) removed and runs of whitespace made one space: tokenizers treat those
+    characters inconsistently and logs should not carry them."""
+    text = unicodedata.normalize("NFC", text)
+    kept = "".join(c if not c.isspace() else " " for c in text if c.isspace() or unicodedata.category(c) not in ("Cc", "Cf", "Cs"))
+    return " ".join(kept.split())
+
+
+def check_image_markers(prompt: str, num_images: int) -> None:
+    """`{image#k}` markers must name one of the N images (1-based)."""
+    beyond = [digits for digits in IMAGE_MARKER.findall(prompt) if len(digits) > 6 or not 1 <= int(digits) <= num_images]
+    if beyond:
+        only = "is only 1 image" if num_images == 1 else f"are only {num_images} images"
+        raise PromptError(f"the prompt refers to {{image#{beyond[0]}}} but there {only} ({{image#1}} to {{image#{num_images}}})")
+
+
 def count_word(n: int) -> str:
     return NUMBER_WORDS[n] if n < len(NUMBER_WORDS) else str(n)
 
@@ -83,12 +118,12 @@ def storytelling_prompt(captions: Sequence[str], question: str = STORY_QUESTION)
     pass the N-1 captions of the first images."""
     parts = [question]
     for index, caption in enumerate(list(captions) + [""], start=1):
-        parts.append(f"{{image#{index}}}Caption#{index}:{caption.strip()}")
+        parts.append(f"{{image#{index}}}Caption#{index}:{clean_text(caption)}")
     return "".join(parts)
 
 
 def question_prompt(question: str) -> str:
-    return question.strip()
+    return clean_text(question)
 
 
 class SamProcessor:

@@ -1,18 +1,15 @@
+import dataclasses
 import os
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import httpx
 import pytest
 import torch
 from PIL import Image
 
+from app.settings import AppSettings
+from benchmarks.load import serve_app
 from sam_core import SamProcessor
 from sam_core.tiny import save_tiny_checkpoint, tiny_model, tiny_processor
 
@@ -60,33 +57,26 @@ def three_images():
     return images
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+FAKE_SECRET = "hf_NotARealTokenButTreatItAsSecret"
 
 
 @pytest.fixture(scope="session")
-def app_url(tmp_path_factory):
-    """The real app, `python app.py` on 127.0.0.1, shared by the end-to-end tests."""
-    port = free_port()
-    log = (tmp_path_factory.mktemp("app") / "app.log").open("w")
-    env = {**os.environ, "SAM_PORT": str(port), "SAM_MAX_IMAGES": "4", "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
-    server = subprocess.Popen([sys.executable, "app.py"], env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        for _ in range(240):
-            if server.poll() is not None:
-                raise RuntimeError(f"app exited: {Path(log.name).read_text()}")
-            try:
-                if httpx.get(url, timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.5)
-        else:
-            raise RuntimeError("app did not start")
-        yield url
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        log.close()
+def app_server(tmp_path_factory):
+    """The real app, `python app.py` on 127.0.0.1, shared by the end-to-end tests: its URL, process id and log.
+    HF_TOKEN holds a made-up secret that must never reach a response or the log."""
+    log = tmp_path_factory.mktemp("app") / "app.log"
+    with serve_app(log, SAM_MAX_IMAGES="4", HF_HUB_OFFLINE="1", HF_TOKEN=FAKE_SECRET) as app:
+        yield app
+
+
+@pytest.fixture(scope="session")
+def app_url(app_server):
+    return app_server.url
+
+
+@pytest.fixture
+def settings(monkeypatch):
+    """App settings from a clean environment, with small limits."""
+    for name in ("SAM_MODEL", "SAM_ADAPTER", "SPACES_ZERO_GPU", "SPACE_ID"):
+        monkeypatch.delenv(name, raising=False)
+    return dataclasses.replace(AppSettings.from_env(), max_images=3, max_pixels=10_000)

@@ -1,10 +1,15 @@
 """End to end: the real app (`python app.py`) on 127.0.0.1, driven through gradio_client."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 from gradio_client import Client, handle_file
+
+from app.privacy import ABSOLUTE_PATH
+from benchmarks.load import example_cases, run_load, serve_app
+from conftest import FAKE_SECRET
 
 EXAMPLE = sorted(str(p) for p in Path("examples/linked-star").glob("*.png"))
 
@@ -35,7 +40,7 @@ def test_bad_inputs_get_clear_errors_and_the_next_request_works(client, tmp_path
         compare(client, [EXAMPLE[0], str(fake)])
     with pytest.raises(Exception, match="At most 4 images"):
         compare(client, EXAMPLE + EXAMPLE)
-    with pytest.raises(Exception, match="caption for each image but the last"):
+    with pytest.raises(Exception, match=r"needs 2 captions \(one per image but the last\); got 1"):
         compare(client, EXAMPLE, task="Storytelling", captions="only one")
     with pytest.raises(Exception, match="Write a question"):
         compare(client, EXAMPLE, task="Free question", question="   ")
@@ -72,3 +77,35 @@ def test_the_api_cannot_read_arbitrary_server_paths(app_url, tmp_path):
     with secret.open("rb") as handle:  # the same bytes, uploaded the normal way, are accepted
         uploaded = httpx.post(f"{app_url}gradio_api/upload", files={"files": handle}, timeout=30).json()[0]
     assert "event: complete" in call({"path": uploaded, "meta": {"_type": "gradio.FileData"}})
+
+
+@pytest.fixture(scope="module")
+def strained_app(tmp_path_factory):
+    """An app with a queue of one and weights that cannot be read."""
+    folder = tmp_path_factory.mktemp("strained")
+    broken = shutil.copytree("checkpoints/minilink", folder / "broken-model")
+    (broken / "model.safetensors").write_bytes(b"\x00" * 100)
+    with serve_app(folder / "app.log", SAM_MODEL=str(broken), SAM_QUEUE_SIZE="1", SAM_CONCURRENCY="1", HF_HUB_OFFLINE="1") as app:
+        yield app
+
+
+def test_a_full_queue_says_busy_and_broken_weights_leave_the_app_serving(strained_app):
+    _, _, details = compare(Client(strained_app.url, verbose=False), EXAMPLE)
+    notice = json.loads(details)["notice"]
+    assert "not a readable safetensors file" in notice and "Serving the embedded default" in notice
+    assert "broken-model" in notice and "/broken-model" not in notice  # the directory's name, not its server path
+    result = run_load(strained_app.url, example_cases()[:3], requests=24, clients=8, max_new_tokens=16)
+    assert result.busy > 0 and result.ok > 0, result.markdown()
+    assert result.ok + result.busy == 24 and result.wrong == result.failed == 0, result.problems
+
+
+def test_responses_and_logs_carry_no_server_paths_or_secrets(client, app_server):
+    with pytest.raises(Exception) as refused:
+        compare(client, [EXAMPLE[0], __file__])
+    assert "test_app.py: not a readable image" in str(refused.value)
+    _, _, details = compare(client, EXAMPLE)
+    for text in (str(refused.value), details):
+        assert not ABSOLUTE_PATH.search(text) and FAKE_SECRET not in text, text
+    log = app_server.log_path.read_text()
+    assert "Running on local URL" in log
+    assert FAKE_SECRET not in log and str(Path.cwd()) not in log and not ABSOLUTE_PATH.search(log), log

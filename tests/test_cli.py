@@ -1,7 +1,10 @@
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+from sam_core.cli import main
 
 EXAMPLE = sorted(str(p) for p in Path("examples/linked-star").glob("*.png"))
 
@@ -51,3 +54,24 @@ def test_info_describes_the_embedded_model():
     assert done.returncode == 0, done.stderr
     info = json.loads(done.stdout)
     assert info["context"] == "others" and info["num_query_tokens"] == 1 and info["warning"] is None
+
+
+def test_prompt_and_weight_problems_are_one_readable_line(tmp_path, capsys):
+    """In-process (the subprocess test above covers the entry point): each case prints one line and exits 2."""
+    broken = shutil.copytree("checkpoints/minilink", tmp_path / "broken")
+    (broken / "model.safetensors").write_bytes(b"\x00" * 100)
+    cases = {
+        ("--prompt", "compare {image#1} with {image#4}"): "error: the prompt refers to {image#4} but there are only 3 images",
+        ("--prompt", "red " * 600): "error: the prompt is too long: 601 tokens, at most 445 with 3 images and 64 new tokens",
+        ("--prompt", " \x00\t\u200b "): "error: the prompt is empty",
+        ("--task", "group", "--model", str(broken)): "error: Could not load the model in",
+    }
+    for arguments, message in cases.items():
+        assert main(["generate", "--images", *EXAMPLE, *arguments]) == 2
+        stderr = capsys.readouterr().err
+        assert stderr.startswith(message) and len(stderr.strip().splitlines()) == 1, stderr
+
+
+def test_unicode_and_control_characters_in_a_prompt_are_answered(capsys):
+    assert main(["generate", "--images", *EXAMPLE, "--prompt", "what\x1b[31m is \u202eshared 🙂 日本?\x00", "--max-new-tokens", "4"]) == 0
+    assert capsys.readouterr().out.count(":") >= 2

@@ -1,14 +1,15 @@
 """Property-based tests: the prompt builders and the image loader never fail in an unplanned way."""
 
 import io
+import unicodedata
 
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from sam_core import group_caption_prompt, load_image, storytelling_prompt
-from sam_core.processing import ImageLoadError
+from sam_core import group_caption_prompt, load_image, question_prompt, storytelling_prompt
+from sam_core.processing import ImageLoadError, PromptError, check_image_markers
 
 
 @given(st.lists(st.text(max_size=40), max_size=8))
@@ -56,3 +57,20 @@ def test_every_mode_and_format_that_saves_loads_as_rgb(mode, width, height, fmt)
     buffer.seek(0)
     loaded = load_image(Image.open(buffer))
     assert loaded.mode == "RGB" and loaded.size == (width, height)
+
+
+@given(st.text())
+def test_prompt_cleaning_leaves_no_control_characters_and_is_stable(text):
+    cleaned = question_prompt(text)
+    assert not any(unicodedata.category(c) in ("Cc", "Cf", "Cs") for c in cleaned)
+    assert cleaned == cleaned.strip() and "  " not in cleaned
+    assert question_prompt(cleaned) == cleaned
+    cleaned.encode("utf-8")  # no lone surrogates left to break a tokenizer or a log
+
+
+@given(st.text(max_size=60), st.integers(1, 8))
+def test_image_markers_are_accepted_or_refused_clearly(text, num_images):
+    try:
+        check_image_markers(text, num_images)
+    except PromptError as error:
+        assert "{image#" in str(error) and f"{num_images} image" in str(error)

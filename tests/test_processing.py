@@ -1,10 +1,13 @@
+import struct
+import zlib
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from sam_core import group_caption_prompt, load_image, storytelling_prompt
-from sam_core.processing import ImageLoadError
+from sam_core import group_caption_prompt, load_image, question_prompt, storytelling_prompt
+from sam_core.processing import ImageLoadError, PromptError, check_image_markers
 
 
 def saved(image: Image.Image, fmt: str, tmp_path, **kwargs):
@@ -109,3 +112,86 @@ def test_long_qformer_instruction_is_truncated_from_the_left(processor, three_im
     tokens = processor.qformer_tokenizer.convert_ids_to_tokens(batch["qformer_input_ids"][0])
     assert tokens[-2] == "blue"
 
+
+
+def png_with_header(width: int, height: int, bit_depth: int = 8, colour_type: int = 2, rows: bytes | None = None) -> bytes:
+    """A PNG whose IHDR declares any size; `rows`: the raw scanlines (filter byte + pixels), if any."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows or b"")) + chunk(b"IEND", b"")
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # Pillow warns, load_image refuses
+@pytest.mark.parametrize("side", [100_000, 10_000], ids=["beyond-twice-the-limit", "beyond-the-limit"])
+def test_decompression_bombs_are_refused_before_decoding(tmp_path, side):
+    path = tmp_path / "bomb.png"
+    path.write_bytes(png_with_header(side, side))
+    assert path.stat().st_size < 100
+    with pytest.raises(ImageLoadError, match="bomb.png: too large to decode safely"):
+        load_image(path)
+
+
+def test_sixteen_bit_rgb_png_loads_as_rgb(tmp_path):
+    pixel = struct.pack(">HHH", 65535, 32768, 0)
+    path = tmp_path / "deep.png"
+    path.write_bytes(png_with_header(2, 2, bit_depth=16, colour_type=2, rows=(b"\x00" + pixel * 2) * 2))
+    image = load_image(path)
+    assert image.mode == "RGB" and image.size == (2, 2)
+    assert image.getpixel((1, 1)) == pytest.approx((255, 128, 0), abs=1)
+
+
+def test_animated_gif_gives_its_first_frame(tmp_path):
+    frames = [Image.new("RGB", (6, 6), colour) for colour in ("red", "lime", "blue")]
+    path = tmp_path / "anim.gif"
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=100, loop=0)
+    assert load_image(path).getpixel((3, 3)) == (255, 0, 0)
+
+
+@pytest.mark.parametrize(
+    "image, fmt",
+    [
+        (Image.new("CMYK", (8, 6), (0, 255, 255, 0)), "JPEG"),
+        (Image.new("I;16", (8, 6), 40000), "PNG"),
+        (Image.new("LA", (8, 6), (10, 128)), "PNG"),
+        (Image.new("P", (8, 6), 3), "PNG"),
+    ],
+    ids=["cmyk-jpeg", "16bit-gray-png", "gray-alpha-png", "palette-png"],
+)
+def test_files_of_every_mode_load_as_rgb(tmp_path, image, fmt):
+    loaded = load_image(saved(image, fmt, tmp_path))
+    assert loaded.mode == "RGB" and loaded.size == (8, 6)
+
+
+def test_prompts_are_cleaned_of_control_and_format_characters():
+    assert question_prompt("  what\x00 is\x1b[31m\u202e shared\u200b?\n\tnow ") == "what is[31m shared? now"
+    assert question_prompt("Café ＋ 日本語 🙂") == "Café ＋ 日本語 🙂"
+    assert storytelling_prompt(["Bobo\x07 jumps."]).endswith("{image#1}Caption#1:Bobo jumps.{image#2}Caption#2:")
+
+
+def test_image_markers_must_name_one_of_the_images():
+    check_image_markers("compare {image#1} with {image#3}", 3)
+    with pytest.raises(PromptError, match=r"refers to \{image#4\} but there are only 3 images"):
+        check_image_markers("compare {image#1} with {image#4}", 3)
+    with pytest.raises(PromptError, match=r"\{image#0\} but there is only 1 image"):
+        check_image_markers("{image#0}", 1)
+    with pytest.raises(PromptError, match="only 2 images"):
+        check_image_markers("{image#" + "9" * 5000 + "}", 2)
+
+
+def test_pipeline_refuses_prompts_that_do_not_fit(processor, make_model, three_images):
+    from sam_core.generation import SamPipeline
+    from sam_core.loading import LoadedSam
+
+    pipeline = SamPipeline(LoadedSam(make_model(), processor, None))
+    pipeline.check_prompt("what is shared ?", 3, 8)
+    with pytest.raises(PromptError, match="the prompt is too long: .* tokens, at most 20 with 3 images"):
+        pipeline.check_prompt("red " * 50, 3, 8, limit=20)
+    positions = pipeline.model.config.text_config.max_position_embeddings
+    with pytest.raises(PromptError, match="the prompt is too long"):
+        pipeline.check_prompt("red " * positions, 3, 8)
+    with pytest.raises(PromptError, match="do not fit this model's"):
+        pipeline.check_prompt("what ?", 3, positions)
+    with pytest.raises(PromptError, match=r"\{image#5\}"):
+        pipeline.check_prompt("{image#5} what ?", 3, 8)

@@ -1,17 +1,12 @@
 import dataclasses
+from pathlib import Path
 
+import gradio as gr
 import pytest
 from PIL import Image
 
 from app.service import Decoding, InputError, SamService
 from app.settings import AppSettings
-
-
-@pytest.fixture
-def settings(monkeypatch):
-    for name in ("SAM_MODEL", "SAM_ADAPTER", "SPACES_ZERO_GPU", "SPACE_ID"):
-        monkeypatch.delenv(name, raising=False)
-    return dataclasses.replace(AppSettings.from_env(), max_images=3, max_pixels=10_000)
 
 
 def test_large_uploads_are_downscaled_and_limits_enforced(settings, tmp_path):
@@ -57,3 +52,50 @@ def test_torch_threads_default_to_one_for_the_embedded_default_on_a_cpu(monkeypa
     monkeypatch.setenv("SAM_TORCH_THREADS", "many")
     with pytest.raises(ValueError, match="SAM_TORCH_THREADS must be a whole number"):
         AppSettings.from_env()
+
+
+def test_prompt_problems_get_clear_messages_and_odd_text_is_answered(settings, tmp_path):
+    from app.ui import build_demo
+
+    service = SamService(settings)
+    compare = next(f.fn for f in build_demo(service).fns.values() if f.api_name == "compare")
+    files = [str(p) for p in sorted(Path("examples/linked-star").glob("*.png"))]
+
+    def refused(message, task="Free question", question="", captions=""):
+        with pytest.raises(gr.Error, match=message):
+            compare(files, task, question, captions, "greedy", 8, 0)
+
+    refused(r"refers to \{image#4\} but there are only 3 images", question="is {image#4} like {image#1}?")
+    refused(r"refers to \{image#7\}", task="Storytelling", captions="bobo jumps .\nbobo sees {image#7} .")
+    refused("The prompt is too long: .* tokens, at most", question="red " * 1000)
+    refused("Storytelling with 3 images needs 2 captions .* got 3", task="Storytelling", captions="a .\nb .\nc .")
+    refused("Storytelling with 3 images needs 2 captions .* got 1", task="Storytelling", captions="a .")
+    refused("Write a question", question="\x00\u200b\x1b \t")
+    refused("Unknown task", task="Poetry")
+    sam, baseline, _ = compare(files, "Free question", "what\x1b[31m is \u202eshared 🙂 日本語?\x00", "", "greedy", 8, 0)
+    assert sam and baseline
+
+
+def test_very_large_legitimate_images_are_downscaled_not_refused(settings, tmp_path):
+    path = tmp_path / "panorama.png"
+    Image.new("RGB", (6000, 4000), "teal").save(path)
+    service = SamService(dataclasses.replace(settings, max_pixels=1024 * 1024))
+    (image,) = service.images([str(path)])
+    assert image.width * image.height <= 1024 * 1024 and image.size == (1254, 836)
+
+
+def test_public_text_hides_server_paths_and_secrets(monkeypatch):
+    from app.privacy import public_text
+
+    monkeypatch.setenv("HF_TOKEN", "hf_abcdefghijklmnop")
+    text = 'File "/srv/app/sam_core/loading.py", line 3: token hf_abcdefghijklmnop; see https://huggingface.co/a/b or a/b'
+    assert public_text(text) == 'File "loading.py", line 3: token ***; see https://huggingface.co/a/b or a/b'
+
+
+def test_the_explain_api_also_needs_exact_captions(settings):
+    from app.ui import build_demo
+
+    explain = next(f.fn for f in build_demo(SamService(settings)).fns.values() if f.api_name == "explain")
+    files = [str(p) for p in sorted(Path("examples/linked-star").glob("*.png"))]
+    with pytest.raises(gr.Error, match="needs 2 captions .* got 3"):
+        explain(files, "Storytelling", "", "a .\nb .\nc .", 4, 0)

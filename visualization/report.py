@@ -11,7 +11,7 @@ import io
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib
@@ -63,6 +63,7 @@ class Report:
     patch_attributions: dict[str, PatchAttribution]
     word_attributions: dict[str, WordAttribution]
     seconds: dict[str, float]
+    figure_failures: dict[str, str] = field(default_factory=dict)  # section → error class, from figures()
 
     def to_dict(self) -> dict:
         """Every number behind the figures (floats rounded to 6 decimals, no NaN: strict JSON)."""
@@ -110,24 +111,31 @@ class Report:
         })
 
     def figures(self) -> dict[str, bytes]:
-        """PNG bytes of every figure, keyed by section."""
+        """PNG bytes of every figure that could be drawn, keyed by section. A figure that fails is left out
+        and named in `figure_failures`: one bad plot must not cost the other views."""
         images = self.capture.images
-        figures = {}
+        plots = {}
         if self.guidance is not None:
-            figures["guidance"] = plot_guidance(self.guidance, images)
-        figures["attention"] = plot_attention_comparison(self.attention, images)
+            plots["guidance"] = lambda: plot_guidance(self.guidance, images)
+        plots["attention"] = lambda: plot_attention_comparison(self.attention, images)
         if self.context_attention is not None:
-            figures["context-attention"] = plot_attention_maps(
+            plots["context-attention"] = lambda: plot_attention_maps(
                 self.context_attention, list(context_images(images, self.guidance))
             )
-        figures["image-attribution"] = plot_image_attribution(
+        plots["image-attribution"] = lambda: plot_image_attribution(
             self.image_attributions["sam"], self.image_attributions["baseline"]
         )
-        figures["patch-attribution"] = plot_patch_attribution(
+        plots["patch-attribution"] = lambda: plot_patch_attribution(
             self.patch_attributions["sam"], self.patch_attributions["baseline"], images
         )
-        figures["alignment"] = plot_alignment(self.alignments["sam"], self.alignments["baseline"])
-        return {name: figure_png(figure) for name, figure in figures.items()}
+        plots["alignment"] = lambda: plot_alignment(self.alignments["sam"], self.alignments["baseline"])
+        pngs = {}
+        for name, plot in plots.items():
+            try:
+                pngs[name] = figure_png(plot())
+            except Exception as error:  # any drawing failure: the numbers stay in the JSON
+                self.figure_failures[name] = error.__class__.__name__
+        return pngs
 
     def to_html(self, numbers: dict | None = None) -> str:
         """The self-contained page; `numbers`: `to_dict()` if already computed."""
@@ -154,19 +162,19 @@ class Report:
                 f"(<code>{escape(self.image_attributions['sam'].reference)}</code>) and the extraction re-run; "
                 "for SAM this goes through the guidance, so an image also counts through the context it gives the "
                 "others. Score: drop in log-probability of each mode's own answer (red: the image supports it).</p>"
-                + figure_html(pngs["image-attribution"], "image attribution"),
+                + figure_html(pngs.get("image-attribution"), "image attribution"),
             ),
             section(
                 "patch-attribution",
                 "<p>Blocks of patch features are occluded with the reference, one block at a time; the map shows "
                 "the drop in the whole answer's log-probability (per-token maps are in the numbers).</p>"
-                + figure_html(pngs["patch-attribution"], "patch attribution"),
+                + figure_html(pngs.get("patch-attribution"), "patch attribution"),
             ),
             section("word-attribution", self.words_html()),
             section(
                 "alignment",
                 "<p>Mean cosine similarity of two images' visual tokens, query slot by query slot; the alignment "
-                "score is the mean over image pairs.</p>" + figure_html(pngs["alignment"], "alignment"),
+                "score is the mean over image pairs.</p>" + figure_html(pngs.get("alignment"), "alignment"),
             ),
             section(
                 "data",
@@ -202,20 +210,20 @@ class Report:
         )
         return (
             "<p>α: at each patch position, how much of the context image SAM takes from each image "
-            f"({sums}).</p>" + figure_html(pngs["guidance"], "guidance maps")
+            f"({sums}).</p>" + figure_html(pngs.get("guidance"), "guidance maps")
         )
 
     def attention_html(self, pngs: dict[str, bytes]) -> str:
         context = ""
-        if "context-attention" in pngs:
+        if self.context_attention is not None:
             context = (
                 "<p>SAM's context stream over the context image (drawn as the α-weighted blend of the images).</p>"
-                + figure_html(pngs["context-attention"], "context-stream attention")
+                + figure_html(pngs.get("context-attention"), "context-stream attention")
             )
         return (
             "<p>Cross-attention of the Q-Former queries over each image's patches, from the very extraction that "
             "produced the answers. SAM and baseline share one colour scale.</p>"
-            + figure_html(pngs["attention"], "image-stream attention") + context
+            + figure_html(pngs.get("attention"), "image-stream attention") + context
         )
 
     def words_html(self) -> str:
@@ -324,7 +332,10 @@ def section(key: str, body: str) -> str:
     return f'<section id="{key}"><h2>{SECTIONS[key]}</h2>{body}</section>'
 
 
-def figure_html(png: bytes, alt: str) -> str:
+def figure_html(png: bytes | None, alt: str) -> str:
+    """The embedded figure, or a note where it could not be drawn."""
+    if png is None:
+        return f'<p class="warning">The {escape(alt)} figure could not be drawn; its numbers are in the JSON.</p>'
     return f'<img class="figure" alt="{escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
 
 
