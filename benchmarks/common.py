@@ -1,8 +1,10 @@
 """Timing helpers shared by the benchmarks: medians of round-robin runs, so that a shared machine's load drifts
 over every measured function alike."""
 
+import resource
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
@@ -30,3 +32,14 @@ def round_robin(functions: dict, repeats: int) -> dict[str, float]:
             if round_index:
                 times[name].append(elapsed)
     return {name: statistics.median(values) for name, values in times.items()}
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory. Linux's VmHWM starts afresh at exec; ru_maxrss would carry over the
+    peak of the process that started this one."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
