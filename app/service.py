@@ -202,11 +202,14 @@ class SamService:
     def explain(self, images: list[Image.Image], prompt: str, decoding: Decoding, progress=None) -> Report:
         """Every analysis view of one compare-mode run (answers, maps and attributions from the same pass)."""
         settings = decoding.kwargs(self.settings.max_new_tokens)
-        settings["stopping_criteria"] = StoppingCriteriaList([AnswerDeadline(self.settings.request_timeout / 2)])
+        deadline = AnswerDeadline(self.settings.request_timeout / 2)  # the analysis decodes the two answers in turn
+        settings["stopping_criteria"] = StoppingCriteriaList([deadline])
         with self.lock, out_of_memory_answer():
             self.ready()
             self.check_prompt(prompt, len(images), settings["max_new_tokens"])
-            return explain(self.pipeline, images, prompt, preset="greedy", seed=decoding.seed, progress=progress, **settings)
+            report = explain(self.pipeline, images, prompt, preset="greedy", seed=decoding.seed, progress=progress, **settings)
+        report.cut_short = [mode for mode, cut in zip(report.capture.answers, deadline.cut_short) if cut]
+        return report
 
     def identity_warning(self) -> str | None:
         return IDENTITY_WARNING if self.info["guidance_identity"] else None

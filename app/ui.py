@@ -58,11 +58,7 @@ def stats_markdown(stats: dict, cut_short: list[str] = (), time_limit: float = 0
     how = "in one batch" if stats["batched"] else "one after the other"
     extra = f", GPU peak {stats['gpu_peak_mb']:.0f} MB" if "gpu_peak_mb" in stats else ""
     text = f"**Both answers ({how}):** {stats['seconds']:.2f} s, process memory {stats['rss_mb']:.0f} MB{extra}"
-    notes = [
-        f"⏱️ {'SAM' if mode == 'sam' else 'The baseline'}'s answer was cut short at the time limit ({time_limit:g} s per request)."
-        for mode in cut_short
-    ]
-    return text + "".join(f"\n\n{note}" for note in notes)
+    return text + "".join(f"\n\n{note}" for note in cut_short_notes(cut_short, time_limit))
 
 
 def refusal(message: str) -> gr.Error:
@@ -70,11 +66,20 @@ def refusal(message: str) -> gr.Error:
     return gr.Error(message, print_exception=False)
 
 
-def figure_failures_markdown(failures: dict[str, str]) -> str:
-    if not failures:
-        return ""
-    names = ", ".join(f"{name} ({error})" for name, error in failures.items())
-    return f"⚠️ Some figures could not be drawn: {names}. The other views are complete; the numbers are in the report."
+def cut_short_notes(cut_short: list[str], time_limit: float) -> list[str]:
+    return [
+        f"⏱️ {'SAM' if mode == 'sam' else 'The baseline'}'s answer was cut short at the time limit ({time_limit:g} s)."
+        for mode in cut_short
+    ]
+
+
+def report_notes_markdown(failures: dict[str, str], cut_short: list[str], time_limit: float) -> str:
+    """What the analysis could not do in full: figures that failed to draw, answers the time limit cut short."""
+    notes = cut_short_notes(cut_short, time_limit)
+    if failures:
+        names = ", ".join(f"{name} ({error})" for name, error in failures.items())
+        notes.append(f"⚠️ Some figures could not be drawn: {names}. The other views are complete; the numbers are in the report.")
+    return "\n\n".join(notes)
 
 
 def png_image(png: bytes) -> Image.Image:
@@ -141,7 +146,8 @@ def build_demo(service: SamService) -> gr.Blocks:
     def run_compare(gallery, task, question, *rest):
         captions, decoding_values = rest[:max_captions], rest[max_captions:]
         for state in compare_states(gallery, task, question, captions, decoding_values):
-            yield state["sam"], state["baseline"], stats_markdown(state["stats"], state["cut_short"], time_limit)
+            per_answer = time_limit if state["stats"].get("batched", True) else time_limit / 2
+            yield state["sam"], state["baseline"], stats_markdown(state["stats"], state["cut_short"], per_answer)
 
     def api_compare(files, task, question, captions_text, preset, max_new_tokens, seed):
         """Both answers for uploaded files: (SAM answer, baseline answer, JSON with timings, the model, a notice if
@@ -267,7 +273,7 @@ def build_demo(service: SamService) -> gr.Blocks:
 
             return (
                 report,
-                figure_failures_markdown(report.figure_failures),
+                report_notes_markdown(report.figure_failures, report.cut_short, time_limit / 2),
                 report.capture.answers["sam"].text,
                 report.capture.answers["baseline"].text,
                 picture("guidance"),
@@ -361,7 +367,8 @@ def build_demo(service: SamService) -> gr.Blocks:
             outputs = run_explain(files, task, question, *captions[:max_captions], "greedy", max_new_tokens, 1.0, 1.0, seed,
                                   progress=lambda *args, **kwargs: None)
             report, html_path = outputs[0], outputs[-1][0]
-            return json.dumps({**report.to_dict(), "figure_failures": report.figure_failures}), html_path
+            details = {**report.to_dict(), "figure_failures": report.figure_failures, "cut_short": report.cut_short}
+            return json.dumps(details), html_path
 
         api_report = gr.File(visible=False)
         api_explain_button = gr.Button(visible=False)

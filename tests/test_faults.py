@@ -107,6 +107,16 @@ def test_the_request_time_limit_cuts_answers_short_and_says_so(settings):
     assert sampled[-1]["cut_short"] == ["sam", "baseline"] and sampled[-1]["stats"]["batched"] is False
 
 
+def test_the_analysis_says_which_answers_the_time_limit_cut_short(settings):
+    full = json.loads(api(SamService(settings), "explain")(EXAMPLE, "Group captioning", "", "", 8, 0)[0])
+    assert full["cut_short"] == []
+    hurried = SamService(dataclasses.replace(settings, request_timeout=1e-6))
+    short = json.loads(api(hurried, "explain")(EXAMPLE, "Group captioning", "", "", 8, 0)[0])
+    assert short["cut_short"] == ["sam", "baseline"]
+    for mode in ("sam", "baseline"):
+        assert len(short["answers"][mode]["text"]) < len(full["answers"][mode]["text"])
+
+
 def test_the_deadline_records_each_generate_call_it_cut_short():
     deadline = AnswerDeadline(seconds=3600)
     running = torch.zeros(2, 5, dtype=torch.long)

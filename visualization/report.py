@@ -64,6 +64,7 @@ class Report:
     word_attributions: dict[str, WordAttribution]
     seconds: dict[str, float]
     figure_failures: dict[str, str] = field(default_factory=dict)  # section → error class, from figures()
+    cut_short: list[str] = field(default_factory=list)  # modes whose answer a time limit stopped early
 
     def to_dict(self) -> dict:
         """Every number behind the figures (floats rounded to 6 decimals, no NaN: strict JSON)."""
