@@ -161,17 +161,14 @@ class SamService:
             message = str(error)
             raise InputError(message[:1].upper() + message[1:] + ".") from None
 
-    def deadline(self, settings: dict) -> AnswerDeadline:
-        """SAM_REQUEST_TIMEOUT bounds the answering: all of it for a comparison decoded in one batch, half for
-        each answer where the two are decoded in turn (sampling)."""
-        return AnswerDeadline(self.settings.request_timeout / len(answer_groups("compare", settings)))
-
     @gpu_task
     def compare(self, images: list[Image.Image], prompt: str, decoding: Decoding) -> Iterator[dict]:
         """Yield the state of both answers as they grow (streamed where the decoding allows, else both appear
         when done), then the time and memory the request took. One extraction serves both modes."""
         settings = decoding.kwargs(self.settings.max_new_tokens)
-        deadline = self.deadline(settings)
+        # SAM_REQUEST_TIMEOUT bounds the answering: all of it for one batch of two, half per answer decoded in turn.
+        groups = answer_groups("compare", settings)
+        deadline = AnswerDeadline(self.settings.request_timeout / len(groups))
         settings["stopping_criteria"] = StoppingCriteriaList([deadline])
         state = {"sam": "", "baseline": "", "stats": {}, "cut_short": []}
         with self.lock, out_of_memory_answer():
@@ -185,7 +182,6 @@ class SamService:
             else:
                 result = self.pipeline.generate(images, prompt, mode="compare", seed=decoding.seed, preset="greedy", **settings)
                 state.update({mode: answer.text for mode, answer in result.answers.items()})
-            groups = answer_groups("compare", settings)
             state["cut_short"] = [mode for group, cut in zip(groups, deadline.cut_short) if cut for mode in group]
             rss = psutil.Process().memory_info().rss
             state["stats"] = {

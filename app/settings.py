@@ -6,24 +6,22 @@ from dataclasses import dataclass
 import torch
 
 
-def _env_int(name: str, default: int) -> int:
+def _env_number(name: str, default, parse, kind: str):
     value = os.environ.get(name)
     if value in (None, ""):
         return default
     try:
-        return int(value)
+        return parse(value)
     except ValueError:
-        raise ValueError(f"{name} must be a whole number, got {value!r}") from None
+        raise ValueError(f"{name} must be {kind}, got {value!r}") from None
+
+
+def _env_int(name: str, default: int) -> int:
+    return _env_number(name, default, int, "a whole number")
 
 
 def _env_float(name: str, default: float) -> float:
-    value = os.environ.get(name)
-    if value in (None, ""):
-        return default
-    try:
-        return float(value)
-    except ValueError:
-        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    return _env_number(name, default, float, "a number")
 
 
 @dataclass(frozen=True)

@@ -51,8 +51,8 @@ class ModuleSizes:
     num_query_tokens: int
 
 
-def module_sizes(context: str = "all") -> ModuleSizes:
-    config = full_size_config(context)
+def module_sizes() -> ModuleSizes:
+    config = full_size_config()
     with torch.device("meta"):
         model = SamForConditionalGeneration(config)
     lm_head = model.language_model.get_output_embeddings()

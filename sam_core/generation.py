@@ -129,7 +129,7 @@ class SamPipeline:
                 f"{num_images} images and {max_new_tokens} new tokens do not fit this model's {positions} positions: "
                 "use fewer images or fewer new tokens"
             )
-        allowed = min(value for value in (limit, room) if value is not None) if (limit, room) != (None, None) else None
+        allowed = min((value for value in (limit, room) if value is not None), default=None)
         if allowed is not None and tokens > allowed:
             raise PromptError(
                 f"the prompt is too long: {tokens} tokens, at most {allowed} with {num_images} images and "
