@@ -38,13 +38,21 @@ NAMES = ("bobo", "lulu", "kiki", "momo", "pip", "zaza", "tito", "nina", "rex", "
 VERBS = ("jumps", "sleeps", "dances", "waits", "runs", "sings", "hides", "smiles")
 BACKGROUNDS = ("flat", "gradient", "stripes", "checker", "noise", "dots")
 TASKS = ("group", "story", "question")
+# Single-image lookups: a training-only task (InstructBLIP's single-image instruction data, in MiniLINK's world)
+# that teaches the Q-Former to keep the one object an instruction names, within its tight token budget.
+LOOKUP = "lookup"
+TRAINING_TASKS = TASKS + (LOOKUP,)
 COLOUR_QUESTION = "What colour is the shape that is in every picture?"
 SHAPE_QUESTION = "Which shape is in every picture?"
+LOOKUP_COLOUR = "What colour is the {shape} in the picture?"
+LOOKUP_SHAPE = "Which shape in the picture is {colour}?"
+LOOKUP_PLACE = "Where is the {colour} {shape} in the picture?"
 
 
 def minilink_vocabulary() -> list[str]:
     """Every word MiniLINK prompts and answers use (for the word-level tokenizers)."""
     texts = [group_caption_prompt(n) for n in range(1, 11)] + [storytelling_prompt([]), COLOUR_QUESTION, SHAPE_QUESTION]
+    texts += [template.format(colour="", shape="") for template in (LOOKUP_COLOUR, LOOKUP_SHAPE, LOOKUP_PLACE)]
     texts += ["every picture shows a", "the", "is at the", "caption image # { } : . , ?"]
     words = [w for text in texts for w in text.lower().replace("?", " ? ").replace(".", " . ").replace(",", " , ").split()]
     places = [w for row in PLACES for place in row for w in place.split()]
@@ -63,6 +71,7 @@ class MiniLinkConfig:
     alike: float = 0.5
     image_size: int = 64
     tasks: tuple[str, ...] = TASKS
+    shapes: tuple[str, ...] = SHAPES  # fewer, more distinct shapes make perception easier
 
 
 @dataclass
@@ -194,15 +203,25 @@ def render_scene(rng: random.Random, objects: list[SceneObject], size: int) -> I
     return image
 
 
-def pick_distractor(rng: random.Random, linked: tuple[str, str], alike: float, taken: set) -> tuple[str, str]:
+def pick_distractor(rng: random.Random, linked: tuple[str, str], config: MiniLinkConfig, taken: set) -> tuple[str, str]:
     colour, shape = linked
     while True:
-        if rng.random() < alike:
-            kind = (colour, rng.choice(SHAPES)) if rng.random() < 0.5 else (rng.choice(list(COLOURS)), shape)
+        if rng.random() < config.alike:
+            kind = (colour, rng.choice(config.shapes)) if rng.random() < 0.5 else (rng.choice(list(COLOURS)), shape)
         else:
-            kind = (rng.choice(list(COLOURS)), rng.choice(SHAPES))
+            kind = (rng.choice(list(COLOURS)), rng.choice(config.shapes))
         if kind != linked and kind not in taken:
             return kind
+
+
+def cell_labels(objects: list[SceneObject]) -> tuple[list[int], list[int]]:
+    """Per grid cell (row-major), the index of its object's colour and shape in COLOURS / SHAPES, or
+    len(COLOURS) / len(SHAPES) for an empty cell: the targets of the vision encoder's pretraining."""
+    colours, shapes = [len(COLOURS)] * GRID * GRID, [len(SHAPES)] * GRID * GRID
+    for obj in objects:
+        cell = obj.cell[0] * GRID + obj.cell[1]
+        colours[cell], shapes[cell] = list(COLOURS).index(obj.colour), SHAPES.index(obj.shape)
+    return colours, shapes
 
 
 def sample_rng(seed: int, index: int) -> random.Random:
@@ -210,15 +229,44 @@ def sample_rng(seed: int, index: int) -> random.Random:
 
 
 def num_images_of(seed: int, index: int, config: MiniLinkConfig) -> int:
-    """N of a sample without rendering it (the first draw of its generator), for batching by N."""
-    return sample_rng(seed, index).randint(config.min_images, config.max_images)
+    """N of a sample without rendering it (the first two draws of its generator), for batching by N."""
+    rng = sample_rng(seed, index)
+    num_images = rng.randint(config.min_images, config.max_images)
+    return 1 if rng.choice(config.tasks) == LOOKUP else num_images
+
+
+def make_lookup(rng: random.Random, sample_id: str, config: MiniLinkConfig) -> MiniLinkSample:
+    """One image and a question that names one of its objects by a unique attribute; the answer is another
+    attribute of that object (its colour, its shape or its place)."""
+    count = rng.randint(config.min_objects, config.max_objects)
+    kinds: set[tuple[str, str]] = set()
+    while len(kinds) < count:
+        kinds.add((rng.choice(list(COLOURS)), rng.choice(config.shapes)))
+    kinds = sorted(kinds)
+    rng.shuffle(kinds)
+    objects = place_objects(rng, kinds, config.image_size)
+    image = render_scene(rng, objects, config.image_size)
+    target = rng.choice(objects)
+    unique_shape = sum(obj.shape == target.shape for obj in objects) == 1
+    unique_colour = sum(obj.colour == target.colour for obj in objects) == 1
+    asks = ["place"] + ["colour"] * unique_shape + ["shape"] * unique_colour
+    ask = rng.choice(asks)
+    if ask == "colour":
+        instruction, output = LOOKUP_COLOUR.format(shape=target.shape), f"{target.colour} ."
+    elif ask == "shape":
+        instruction, output = LOOKUP_SHAPE.format(colour=target.colour), f"{target.shape} ."
+    else:
+        instruction, output = LOOKUP_PLACE.format(colour=target.colour, shape=target.shape), f"{target.place} ."
+    return MiniLinkSample(sample_id, LOOKUP, [image], instruction, output, target.name, [objects])
 
 
 def make_sample(seed: int, index: int, config: MiniLinkConfig = MiniLinkConfig()) -> MiniLinkSample:
     rng = sample_rng(seed, index)
     num_images = rng.randint(config.min_images, config.max_images)
     task = rng.choice(config.tasks)
-    linked = (rng.choice(list(COLOURS)), rng.choice(SHAPES))
+    if task == LOOKUP:
+        return make_lookup(rng, f"{seed}-{index}", config)
+    linked = (rng.choice(list(COLOURS)), rng.choice(config.shapes))
     scenes = []
     while True:
         kinds_per_image = []
@@ -226,7 +274,7 @@ def make_sample(seed: int, index: int, config: MiniLinkConfig = MiniLinkConfig()
             count = rng.randint(config.min_objects, config.max_objects)
             kinds = {linked}
             while len(kinds) < count:
-                kinds.add(pick_distractor(rng, linked, config.alike, kinds))
+                kinds.add(pick_distractor(rng, linked, config, kinds))
             kinds_per_image.append(sorted(kinds))
         if set.intersection(*(set(k) for k in kinds_per_image)) == {linked}:
             break  # no distractor is in every image

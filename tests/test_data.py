@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 
 from sam_core.data import (
-    COLOURS, PLACES, AnnotationDataset, MiniLink, MiniLinkConfig, make_sample, minilink_vocabulary,
-    names_linked_object, write_split,
+    COLOURS, GRID, LOOKUP, PLACES, SHAPES, TRAINING_TASKS, AnnotationDataset, MiniLink, MiniLinkConfig, cell_labels,
+    make_sample, minilink_vocabulary, names_linked_object, write_split,
 )
+from sam_core.tiny import tiny_processor
 
 
 def test_generation_is_deterministic_and_seeds_are_disjoint():
@@ -44,12 +45,41 @@ def test_samples_are_well_formed(index):
         assert sample.instruction.endswith(f"Caption#{len(sample.images)}:")
 
 
+@pytest.mark.parametrize("index", range(30))
+def test_lookups_name_one_object_of_one_image_and_answer_about_it(index):
+    config = MiniLinkConfig(tasks=(LOOKUP,))
+    sample = make_sample(4, index, config)
+    assert len(sample.images) == 1 == MiniLink(4, 30, config).num_images(index)
+    (scene,) = sample.scenes
+    target = next(obj for obj in scene if obj.name == sample.linked)
+    answer = sample.output.removesuffix(" .")
+    if sample.instruction.startswith("What colour"):  # named by its shape, which no other object has
+        assert [obj.shape for obj in scene].count(target.shape) == 1 and answer == target.colour
+    elif sample.instruction.startswith("Which shape"):
+        assert [obj.colour for obj in scene].count(target.colour) == 1 and answer == target.shape
+    else:
+        assert sample.linked in sample.instruction and answer == target.place
+
+
+def test_the_shape_set_is_a_knob_and_cells_are_labelled():
+    config = MiniLinkConfig(shapes=("circle", "square", "cross"))
+    for index in range(20):
+        sample = make_sample(0, index, config)
+        assert {obj.shape for scene in sample.scenes for obj in scene} <= set(config.shapes)
+    scene = make_sample(0, 1).scenes[0]
+    colours, shapes = cell_labels(scene)
+    assert sum(shape < len(SHAPES) for shape in shapes) == len(scene)
+    for obj in scene:
+        cell = obj.cell[0] * GRID + obj.cell[1]
+        assert (list(COLOURS)[colours[cell]], SHAPES[shapes[cell]]) == (obj.colour, obj.shape)
+
+
 def test_every_word_is_in_the_vocabulary():
     vocabulary = set(minilink_vocabulary())
+    tokenizer = tiny_processor(minilink_vocabulary()).tokenizer
     for index in range(60):
-        sample = make_sample(0, index)
-        words = sample.output.replace(".", " . ").split()
-        assert set(words) <= vocabulary
+        sample = make_sample(0, index, MiniLinkConfig(tasks=TRAINING_TASKS))
+        assert tokenizer.unk_token_id not in tokenizer(sample.instruction + " " + sample.output).input_ids
     assert {w for row in PLACES for place in row for w in place.split()} <= vocabulary
 
 

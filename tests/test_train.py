@@ -1,8 +1,9 @@
 import json
 
+import pytest
 import torch
 
-from sam_core.data import write_split
+from sam_core.data import COLOURS, SHAPES, write_split
 from sam_core.loading import load_sam
 from sam_core.train import MiniLinkModelSize, TrainConfig, train
 
@@ -53,3 +54,32 @@ def test_adapter_fine_tuning_on_a_four_bit_model_with_authors_schema_data(tmp_pa
     assert len(log["loss"]) == 1 and torch.isfinite(torch.tensor(log["loss"][0]["loss"]))
     adapter = load_sam(str(tiny_checkpoint), adapter=tmp_path / "sam4" / "sam_adapter.safetensors")
     assert not adapter.info.guidance_identity
+
+
+def test_vision_stage_learns_the_cells_and_a_frozen_encoder_stays_put(tmp_path):
+    log = micro_run(tmp_path / "vision", stage="vision", steps=120, batch_size=16, train_size=2000)
+    losses = [entry["loss"] for entry in log["loss"]]
+    assert losses[-1] < 0.8 * losses[0]
+    colour_chance = 100 / 11
+    assert log["cell_accuracy"]["colour"] > 2 * colour_chance  # the heads read the encoder's features
+    heads = (MICRO.vision_width + 1) * (len(COLOURS) + 1 + len(SHAPES) + 1)  # discarded after the stage
+    encoder = sum(p.numel() for p in load_sam(str(tmp_path / "vision")).model.vision_model.parameters())
+    assert log["trainable_parameters"] == encoder + heads
+    pretrained = load_sam(str(tmp_path / "vision")).model.state_dict()
+    micro_run(tmp_path / "base", model=str(tmp_path / "vision"), freeze_vision=True, steps=5)
+    after = load_sam(str(tmp_path / "base")).model.state_dict()
+    vision = [k for k in after if k.startswith("vision_model.")]
+    assert vision and all(torch.equal(after[k], pretrained[k]) for k in vision)
+    assert not all(torch.equal(after[k], pretrained[k]) for k in after if k.startswith("qformer."))
+
+
+def test_vision_stage_needs_minilink_scenes(tmp_path):
+    annotations = write_split(tmp_path / "data", seed=5, size=2)
+    with pytest.raises(ValueError, match="minilink"):
+        micro_run(tmp_path / "vision", stage="vision", data=str(annotations), steps=2)
+
+
+def test_a_time_budget_stops_early_and_still_saves(tmp_path):
+    log = micro_run(tmp_path / "run", steps=10_000, max_minutes=0.05)
+    assert log["stopped_early"]["step"] < 10_000
+    assert load_sam(str(tmp_path / "run")).model is not None
