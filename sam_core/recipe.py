@@ -2,8 +2,10 @@
 
     python -m sam_core.recipe --out checkpoints/minilink
 
-Stage 1 trains a tiny InstructBLIP from scratch on MiniLINK (guidance off). Stage 2 freezes it and trains only
-the patch scorer and the exchange layers (the paper's recipe). The result is one checkpoint that serves both
+Stage 1 trains a tiny InstructBLIP on MiniLINK (guidance off): from scratch, or, with --vision-steps, over a
+vision encoder first pretrained to name the object in every grid cell of single images (stage 0; InstructBLIP
+starts from a pretrained, frozen ViT) and kept frozen. Stage 2 freezes everything and trains only the patch
+scorer and the exchange layers (the paper's recipe). The result is one checkpoint that serves both
 modes: `guidance=False` is the stage-1 baseline exactly, `guidance=True` is SAM.
 """
 
@@ -39,7 +41,7 @@ InstructBLIP-Vicuna-7B model.
 - Data: MiniLINK train split (seed 0, generated on the fly, {train_size} samples, N = {min_images}–{max_images}
   images, tasks group captioning / storytelling / shared-object questions); scores on the held-out test split
   (seed 2).
-- Stage 1 (baseline, everything but the adapter, from scratch): {baseline_steps} steps × batch {batch_size},
+{stage0}- Stage 1 (baseline: {stage1_text}): {baseline_steps} steps × batch {batch_size},
   lr {baseline_lr}, {baseline_minutes:.1f} min on {machine}.
 - Stage 2 ({second_stage_text}): {sam_steps} steps × batch {batch_size}, lr {sam_lr},
   {sam_minutes:.1f} min.
@@ -55,11 +57,23 @@ the linked object's colour and shape. Intervals: 95% bootstrap (paired for the r
 """
 
 
+def stage0_line(vision: Path, args) -> str:
+    log = json.loads((vision / "training_log.json").read_text())
+    return (
+        f"- Stage 0 (vision pretraining: the ViT names the colour and the shape of the object in every grid cell of single\n"
+        f"  images): {args.vision_steps} steps × batch {args.vision_batch_size}, lr {args.baseline_lr}, {log['seconds'] / 60:.1f} min;"
+        f" held-out cell accuracy colour {log['cell_accuracy']['colour']:.1f}%, shape {log['cell_accuracy']['shape']:.1f}%.\n"
+    )
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="checkpoints/minilink")
     parser.add_argument("--work", default="runs/recipe", help="where the stage-1 model and logs go")
     parser.add_argument("--num-query-tokens", type=int, default=MiniLinkModelSize.num_query_tokens)
+    parser.add_argument("--vision-steps", type=int, default=0,
+                        help="stage 0: pretrain the vision encoder for this many steps, then keep it frozen (0: no stage 0)")
+    parser.add_argument("--vision-batch-size", type=int, default=64)
     parser.add_argument("--baseline-steps", type=int, default=3000)
     parser.add_argument("--second-stage", choices=("sam", "joint"), default="sam",
                         help="sam: the paper's recipe (only the adapter trains); joint: everything trains, guidance on "
@@ -71,18 +85,24 @@ def main(argv=None) -> None:
     parser.add_argument("--context", default="all", choices=("all", "others"))
     parser.add_argument("--test-size", type=int, default=600)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--skip-baseline", action="store_true", help="reuse WORK/baseline")
+    parser.add_argument("--skip-baseline", action="store_true", help="reuse WORK/baseline (and WORK/vision)")
     args = parser.parse_args(argv)
     work, out = Path(args.work), Path(args.out)
     size = MiniLinkModelSize(num_query_tokens=args.num_query_tokens)
 
     common = dict(batch_size=args.batch_size, seed=args.seed, log_every=100, save_every=500)
     if not args.skip_baseline:
-        train(TrainConfig(stage="baseline", out=str(work / "baseline"), steps=args.baseline_steps, lr=args.baseline_lr,
-                          size=size, context=args.context, **common))
+        stage1 = dict(steps=args.baseline_steps, lr=args.baseline_lr, **common)
+        if args.vision_steps:
+            train(TrainConfig(stage="vision", out=str(work / "vision"), steps=args.vision_steps, lr=args.baseline_lr, size=size,
+                              context=args.context, **{**common, "batch_size": args.vision_batch_size}))
+            stage1.update(model=str(work / "vision"), freeze_vision=True)
+        else:
+            stage1.update(size=size, context=args.context)
+        train(TrainConfig(stage="baseline", out=str(work / "baseline"), **stage1))
     baseline_log = json.loads((work / "baseline" / "training_log.json").read_text())
     sam_log = train(TrainConfig(stage=args.second_stage, out=str(work / "sam"), model=str(work / "baseline"), steps=args.sam_steps,
-                                lr=args.sam_lr, warmup=50, **common))
+                                lr=args.sam_lr, warmup=50, context=args.context, **common))
     if out.exists():
         shutil.rmtree(out)
     shutil.copytree(work / "sam", out, ignore=shutil.ignore_patterns("train_state.pt"))
@@ -95,6 +115,9 @@ def main(argv=None) -> None:
         shapes=len(SHAPES), adapter_parameters=sam_log["trainable_parameters"], context=args.context,
         exchange_layer=size.qformer_layers - 1, train_size=train_config["train_size"],
         min_images=train_config["min_images"], max_images=train_config["max_images"],
+        stage0=stage0_line(work / "vision", args) if args.vision_steps else "",
+        stage1_text="Q-Former, queries, projection and LLM from scratch over the frozen ViT" if args.vision_steps
+        else "everything but the adapter, from scratch",
         baseline_steps=args.baseline_steps, sam_steps=args.sam_steps, batch_size=args.batch_size,
         baseline_lr=args.baseline_lr, sam_lr=args.sam_lr, baseline_minutes=baseline_log["seconds"] / 60,
         sam_minutes=sam_log["seconds"] / 60, second_stage_text=SECOND_STAGES[args.second_stage], machine="2 CPU cores", seed=args.seed,

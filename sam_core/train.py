@@ -100,15 +100,15 @@ class TrainConfig:
     shapes: tuple[str, ...] = SHAPES  # MiniLINK's shape set
     workers: int = 0  # DataLoader processes rendering and preprocessing batches (0: in the training process)
     max_minutes: float | None = None  # a time budget: stop early (and save) when it is spent
-    freeze_vision: bool = False  # stage baseline: keep a pretrained vision encoder frozen, as InstructBLIP does
+    freeze_vision: bool = False  # keep a pretrained vision encoder frozen, as InstructBLIP does
     save_every: int = 500
     log_every: int = 50
     size: MiniLinkModelSize | None = None  # architecture of a fresh model; None: the embedded default's
 
 
 def trainable_names(model: nn.Module, stage: str, freeze_vision: bool = False) -> list[str]:
-    """Stage vision: the vision encoder (and its recognition heads); baseline: everything but SAM's adapter
-    (and the vision encoder if frozen); sam: only the adapter; full and joint: everything."""
+    """Stage vision: the vision encoder (and its recognition heads); sam: only the adapter; baseline: everything
+    but SAM's adapter; full and joint: everything (these three without the vision encoder if it is frozen)."""
     names = []
     for name, param in model.named_parameters():
         is_adapter, is_vision = name.startswith(ADAPTER_PREFIX), name.startswith("vision_model.")
@@ -116,8 +116,8 @@ def trainable_names(model: nn.Module, stage: str, freeze_vision: bool = False) -
             "vision": is_vision or name.startswith("heads."),
             "baseline": not is_adapter and not (freeze_vision and is_vision),
             "sam": is_adapter,
-            "full": True,
-            "joint": True,
+            "full": not (freeze_vision and is_vision),
+            "joint": not (freeze_vision and is_vision),
         }[stage]
         param.requires_grad_(train)
         if train:
@@ -354,7 +354,7 @@ def main(argv=None) -> None:
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TRAINING_TASKS)
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=SHAPES)
     parser.add_argument("--max-minutes", type=float, default=None, help="stop early (and save) after this long")
-    parser.add_argument("--freeze-vision", action="store_true", help="stage baseline: keep the vision encoder frozen")
+    parser.add_argument("--freeze-vision", action="store_true", help="keep the vision encoder frozen")
     for name in ("lr", "weight_decay"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name))
     log = train(TrainConfig(**vars(parser.parse_args(argv))))
