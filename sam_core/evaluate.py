@@ -3,7 +3,9 @@
     python -m sam_core.evaluate --model checkpoints/minilink --data minilink --size 600 --out runs/eval
     python -m sam_core.evaluate --model k1=runs/k1/sam k2=runs/k2/sam --num-images 2 3 4 5 6 --tasks group
 
-Writes predictions.json, results.json, results.md and results.png to --out and prints the markdown table.
+Writes predictions.json, results.json, results.md and results.png to --out and prints the markdown table
+(with --linked-attention, also linked_attention.json: how much of the extraction's attention lands on the linked
+object, SAM next to the baseline).
 `--data` is "minilink" (the held-out test split, generated from its own seed) or an annotations.json in the
 authors' schema (records may carry "task" and "linked" for accuracy).
 """
@@ -17,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from .data import TASKS, AnnotationDataset, MiniLink, MiniLinkConfig, SPLIT_SEEDS, names_linked_object, read_items
+from .data import TASKS, AnnotationDataset, MiniLink, MiniLinkConfig, SceneObject, SPLIT_SEEDS, names_linked_object, read_items
 from .generation import generation_kwargs
 from .loading import LoadedSam, load_sam
 from .metrics import bootstrap_interval, normalize_answer, paired_bootstrap_ratio, score_captions
@@ -112,6 +114,41 @@ def subset_accuracy(loaded: LoadedSam, size: int = CARD_SUBSET["size"], tasks=CA
     return {mode: 100.0 * sum(answer_is_correct(p, mode) for p in predictions) / len(predictions) for mode in MODES}
 
 
+def object_patch_mask(obj: SceneObject, scene_size: int, image_size: int, patch_size: int) -> torch.Tensor:
+    """(P - 1,) True for the patches whose centre lies inside the object's box (the box scaled to the model's size)."""
+    side = image_size // patch_size
+    centres = (torch.arange(side) * patch_size + patch_size / 2) * scene_size / image_size  # in scene pixels
+    x0, y0, x1, y1 = obj.box
+    inside_x, inside_y = (centres >= x0) & (centres <= x1), (centres >= y0) & (centres <= y1)
+    return (inside_y[:, None] & inside_x[None, :]).flatten()
+
+
+@torch.no_grad()
+def linked_attention_share(loaded: LoadedSam, size: int = 160, batch_size: int = 16) -> dict[str, float]:
+    """Where extraction looks: the mean share of the last Q-Former layer's query attention (heads and queries
+    averaged, CLS left out) that falls on the linked object's patches, per mode, over the images of the first
+    `size` MiniLINK group-captioning test samples. Guidance that selects the linked object raises SAM's share."""
+    model, processor = loaded.model, loaded.processor
+    vision = model.config.vision_config
+    dataset = MiniLink(SPLIT_SEEDS["test"], size, MiniLinkConfig(tasks=("group",)))
+    shares = {mode: [] for mode in MODES}
+    for indices in batch_indices(dataset, batch_size, seed=0, epoch=0):
+        image_sets, prompts, _, _ = read_items(dataset, indices)
+        inputs = processor(image_sets, prompts).to(model.query_tokens.device)
+        sam, baseline = model.extract_compare(
+            inputs["qformer_input_ids"], inputs["qformer_attention_mask"], inputs["pixel_values"], output_attentions=True
+        )
+        for mode, visual in (("sam", sam), ("baseline", baseline)):
+            attention = visual.image_cross_attentions[-1].float().mean(dim=(2, 3))[..., 1:].cpu()  # (B, N, P - 1)
+            for row, index in enumerate(indices):
+                sample = dataset[index]
+                for image, scene in enumerate(sample.scenes):
+                    linked = next(obj for obj in scene if obj.name == sample.linked)
+                    mask = object_patch_mask(linked, dataset.config.image_size, vision.image_size, vision.patch_size)
+                    shares[mode].append(float(attention[row, image][mask].sum()))
+    return {mode: sum(values) / len(values) for mode, values in shares.items()}
+
+
 def markdown_table(rows: list[dict], label: str = "") -> str:
     header = "| model | task | mode | n | BLEU-4 | ROUGE-L | CIDEr (95% CI) | METEOR | accuracy % (95% CI) | CIDEr SAM ÷ baseline (95% CI) |"
     lines = [header, "|" + "---|" * 10]
@@ -178,11 +215,13 @@ def main(argv=None) -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--no-meteor", action="store_true")
     parser.add_argument("--out", default="runs/eval")
+    parser.add_argument("--linked-attention", type=int, default=0, metavar="SAMPLES",
+                        help="also report the attention share on the linked object over this many group samples")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    all_rows, all_predictions = [], {}
+    all_rows, all_predictions, attention = [], {}, {}
     for spec in args.model:
         label, _, path = (spec or "embedded").rpartition("=") if spec and "=" in spec else ("", "", spec)
         loaded = load_sam(path)
@@ -197,9 +236,17 @@ def main(argv=None) -> None:
                 row["model"], row["seconds"] = name, seconds
             all_rows += rows
             all_predictions[name] = [p.__dict__ for p in predictions]
+        if args.linked_attention:
+            attention[label or path or "embedded"] = linked_attention_share(loaded, args.linked_attention)
     table = markdown_table(all_rows)
+    if attention:
+        table += "\n\nShare of the last Q-Former layer's attention on the linked object (group captioning test samples):\n\n"
+        table += "| model | SAM | baseline |\n|---|---|---|\n"
+        table += "\n".join(f"| {name} | {100 * a['sam']:.1f}% | {100 * a['baseline']:.1f}% |" for name, a in attention.items())
     (out / "predictions.json").write_text(json.dumps(all_predictions, indent=1))
     (out / "results.json").write_text(json.dumps(all_rows, indent=1))
+    if attention:
+        (out / "linked_attention.json").write_text(json.dumps(attention, indent=1))
     command = "python -m sam_core.evaluate " + " ".join(argv if argv is not None else sys.argv[1:])
     (out / "results.md").write_text(f"{table}\n\nMade by `{command}` (decoding: {args.preset}, max {args.max_new_tokens} new tokens).\n")
     plot(all_rows, out / "results.png")

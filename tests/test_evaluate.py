@@ -74,3 +74,21 @@ def test_shipped_checkpoint_reproduces_its_model_card_accuracy():
     one_sample = 100.0 / card["size"]
     for mode in ("sam", "baseline"):
         assert abs(measured[mode] - card["accuracy"][mode]) <= one_sample + 1e-9, (mode, measured, card)
+
+
+def test_object_patch_mask_marks_the_patches_under_the_box():
+    from sam_core.data import SceneObject
+    from sam_core.evaluate import object_patch_mask
+
+    obj = SceneObject("red", "star", (0, 1), (24, 0, 40, 15))  # scene pixels of a 64 px scene
+    mask = object_patch_mask(obj, scene_size=64, image_size=64, patch_size=8).view(8, 8)
+    assert mask.sum() == 4 and mask[0:2, 3:5].all()  # centres 28 and 36 across, 4 and 12 down
+    half = object_patch_mask(obj, scene_size=64, image_size=32, patch_size=8).view(4, 4)
+    assert half.sum() == 2 and half[0, 1:3].all()  # a 32 px model: centres at 8, 24, 40, 56 scene pixels
+
+
+def test_linked_attention_share_is_a_share_per_mode(loaded):
+    from sam_core.evaluate import linked_attention_share
+
+    shares = linked_attention_share(loaded, size=6, batch_size=4)
+    assert set(shares) == {"sam", "baseline"} and all(0 < share < 1 for share in shares.values())
