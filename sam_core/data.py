@@ -41,18 +41,22 @@ TASKS = ("group", "story", "question")
 # Single-image lookups: a training-only task (InstructBLIP's single-image instruction data, in MiniLINK's world)
 # that teaches the Q-Former to keep the one object an instruction names, within its tight token budget.
 LOOKUP = "lookup"
-TRAINING_TASKS = TASKS + (LOOKUP,)
+# Naming the one object of a single image: a training-only task (InstructBLIP's captioning pretraining, in
+# MiniLINK's world) that teaches the LLM to read an object off a visual token.
+NAME = "name"
+TRAINING_TASKS = TASKS + (LOOKUP, NAME)
 COLOUR_QUESTION = "What colour is the shape that is in every picture?"
 SHAPE_QUESTION = "Which shape is in every picture?"
 LOOKUP_COLOUR = "What colour is the {shape} in the picture?"
 LOOKUP_SHAPE = "Which shape in the picture is {colour}?"
 LOOKUP_PLACE = "Where is the {colour} {shape} in the picture?"
+NAME_QUESTION = "What is in the picture?"
 
 
 def minilink_vocabulary() -> list[str]:
     """Every word MiniLINK prompts and answers use (for the word-level tokenizers)."""
     texts = [group_caption_prompt(n) for n in range(1, 11)] + [storytelling_prompt([]), COLOUR_QUESTION, SHAPE_QUESTION]
-    texts += [template.format(colour="", shape="") for template in (LOOKUP_COLOUR, LOOKUP_SHAPE, LOOKUP_PLACE)]
+    texts += [template.format(colour="", shape="") for template in (LOOKUP_COLOUR, LOOKUP_SHAPE, LOOKUP_PLACE, NAME_QUESTION)]
     texts += ["every picture shows a", "the", "is at the", "caption image # { } : . , ?"]
     words = [w for text in texts for w in text.lower().replace("?", " ? ").replace(".", " . ").replace(",", " , ").split()]
     places = [w for row in PLACES for place in row for w in place.split()]
@@ -232,7 +236,7 @@ def num_images_of(seed: int, index: int, config: MiniLinkConfig) -> int:
     """N of a sample without rendering it (the first two draws of its generator), for batching by N."""
     rng = sample_rng(seed, index)
     num_images = rng.randint(config.min_images, config.max_images)
-    return 1 if rng.choice(config.tasks) == LOOKUP else num_images
+    return 1 if rng.choice(config.tasks) in (LOOKUP, NAME) else num_images
 
 
 def make_lookup(rng: random.Random, sample_id: str, config: MiniLinkConfig) -> MiniLinkSample:
@@ -260,12 +264,22 @@ def make_lookup(rng: random.Random, sample_id: str, config: MiniLinkConfig) -> M
     return MiniLinkSample(sample_id, LOOKUP, [image], instruction, output, target.name, [objects])
 
 
+def make_naming(rng: random.Random, sample_id: str, config: MiniLinkConfig) -> MiniLinkSample:
+    """One image with one object on a MiniLINK background; the answer names it."""
+    kind = (rng.choice(list(COLOURS)), rng.choice(config.shapes))
+    objects = place_objects(rng, [kind], config.image_size)
+    image = render_scene(rng, objects, config.image_size)
+    return MiniLinkSample(sample_id, NAME, [image], NAME_QUESTION, f"a {kind[0]} {kind[1]} .", objects[0].name, [objects])
+
+
 def make_sample(seed: int, index: int, config: MiniLinkConfig = MiniLinkConfig()) -> MiniLinkSample:
     rng = sample_rng(seed, index)
     num_images = rng.randint(config.min_images, config.max_images)
     task = rng.choice(config.tasks)
     if task == LOOKUP:
         return make_lookup(rng, f"{seed}-{index}", config)
+    if task == NAME:
+        return make_naming(rng, f"{seed}-{index}", config)
     linked = (rng.choice(list(COLOURS)), rng.choice(config.shapes))
     scenes = []
     while True:

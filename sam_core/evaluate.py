@@ -188,9 +188,14 @@ def plot(rows: list[dict], path: Path) -> None:
     plt.close(figure)
 
 
-def open_eval_dataset(data: str, size: int, num_images: int | None):
+def open_eval_dataset(data: str, size: int, num_images: int | None, objects: int | None = None):
+    """The MiniLINK test split (optionally at a fixed N and a fixed number of objects per image) or an annotations file."""
     if data == "minilink":
-        config = MiniLinkConfig() if num_images is None else MiniLinkConfig(min_images=num_images, max_images=num_images)
+        config = MiniLinkConfig()
+        if num_images is not None:
+            config = replace(config, min_images=num_images, max_images=num_images)
+        if objects is not None:
+            config = replace(config, min_objects=objects, max_objects=objects)
         return MiniLink(SPLIT_SEEDS["test"], size, config)
     return AnnotationDataset(data)
 
@@ -209,6 +214,8 @@ def main(argv=None) -> None:
     parser.add_argument("--size", type=int, default=600, help="MiniLINK test samples")
     parser.add_argument("--num-images", type=int, nargs="*", default=None, help="MiniLINK: evaluate at these fixed N")
     parser.add_argument("--tasks", nargs="*", default=None, choices=TASKS)
+    parser.add_argument("--objects", type=int, default=None,
+                        help="MiniLINK: this many objects per image (1: only the linked object, a read-out check)")
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("--preset", default="greedy")
     parser.add_argument("--max-new-tokens", type=int, default=24)
@@ -226,7 +233,7 @@ def main(argv=None) -> None:
         label, _, path = (spec or "embedded").rpartition("=") if spec and "=" in spec else ("", "", spec)
         loaded = load_sam(path)
         for num_images in args.num_images or [None]:
-            dataset = only_tasks(open_eval_dataset(args.data, args.size, num_images), args.tasks)
+            dataset = only_tasks(open_eval_dataset(args.data, args.size, num_images, args.objects), args.tasks)
             start = time.perf_counter()
             predictions = predict(loaded, dataset, args.modes, args.batch_size, args.preset, max_new_tokens=args.max_new_tokens)
             seconds = time.perf_counter() - start

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from sam_core.data import (
-    COLOURS, GRID, LOOKUP, PLACES, SHAPES, TRAINING_TASKS, AnnotationDataset, MiniLink, MiniLinkConfig, cell_labels,
+    COLOURS, GRID, LOOKUP, NAME, PLACES, SHAPES, TRAINING_TASKS, AnnotationDataset, MiniLink, MiniLinkConfig, cell_labels,
     make_sample, minilink_vocabulary, names_linked_object, write_split,
 )
 from sam_core.tiny import tiny_processor
@@ -59,6 +59,14 @@ def test_lookups_name_one_object_of_one_image_and_answer_about_it(index):
         assert [obj.colour for obj in scene].count(target.colour) == 1 and answer == target.shape
     else:
         assert sample.linked in sample.instruction and answer == target.place
+
+
+def test_naming_samples_show_one_object_and_name_it():
+    config = MiniLinkConfig(tasks=(NAME,))
+    for index in range(10):
+        sample = make_sample(4, index, config)
+        assert len(sample.images) == 1 and len(sample.scenes[0]) == 1 == MiniLink(4, 10, config).num_images(index)
+        assert sample.output == f"a {sample.scenes[0][0].name} ." and names_linked_object(sample.output, sample.linked)
 
 
 def test_the_shape_set_is_a_knob_and_cells_are_labelled():

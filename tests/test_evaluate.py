@@ -92,3 +92,12 @@ def test_linked_attention_share_is_a_share_per_mode(loaded):
 
     shares = linked_attention_share(loaded, size=6, batch_size=4)
     assert set(shares) == {"sam", "baseline"} and all(0 < share < 1 for share in shares.values())
+
+
+def test_evaluation_knobs_fix_images_and_objects_per_sample():
+    from sam_core.evaluate import only_tasks, open_eval_dataset
+
+    dataset = only_tasks(open_eval_dataset("minilink", 6, num_images=2, objects=1), ["group"])
+    samples = [dataset[i] for i in range(6)]
+    assert all(s.task == "group" and len(s.images) == 2 for s in samples)
+    assert all(len(scene) == 1 and scene[0].name == s.linked for s in samples for scene in s.scenes)
