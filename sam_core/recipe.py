@@ -15,7 +15,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from .data import COLOURS, SHAPES, MiniLinkConfig
+from .data import COLOURS, SHAPES, TASKS, TRAINING_TASKS, MiniLinkConfig
 from .evaluate import CARD_SUBSET, subset_accuracy
 from .evaluate import main as evaluate_main
 from .loading import load_sam
@@ -39,8 +39,8 @@ InstructBLIP-Vicuna-7B model.
   Llama {llm_layers}×{llm_width}; word-level tokenizers. trained parameters in stage 2: {adapter_parameters},
   context "{context}", exchange at Q-Former layer {exchange_layer}.
 - Data: MiniLINK train split (seed 0, generated on the fly, {train_size} samples, N = {min_images}–{max_images}
-  images, tasks group captioning / storytelling / shared-object questions); scores on the held-out test split
-  (seed 2).
+  images; stage-1 tasks: {baseline_tasks}; stage 2: group captioning / storytelling / shared-object questions);
+  scores on the held-out test split (seed 2).
 {stage0}- Stage 1 (baseline: {stage1_text}): {baseline_steps} steps × batch {batch_size},
   lr {baseline_lr}, {baseline_minutes:.1f} min on {machine}.
 - Stage 2 ({second_stage_text}): {sam_steps} steps × batch {batch_size}, lr {sam_lr},
@@ -75,6 +75,8 @@ def main(argv=None) -> None:
                         help="stage 0: pretrain the vision encoder for this many steps, then keep it frozen (0: no stage 0)")
     parser.add_argument("--vision-batch-size", type=int, default=64)
     parser.add_argument("--baseline-steps", type=int, default=3000)
+    parser.add_argument("--baseline-tasks", nargs="+", default=list(TASKS), choices=TRAINING_TASKS,
+                        help="stage-1 tasks; 'name' adds single-object naming, 'lookup' single-image lookups")
     parser.add_argument("--second-stage", choices=("sam", "joint"), default="sam",
                         help="sam: the paper's recipe (only the adapter trains); joint: everything trains, guidance on "
                              "for a random half of the batches, so both modes share equally trained weights")
@@ -92,7 +94,7 @@ def main(argv=None) -> None:
 
     common = dict(batch_size=args.batch_size, seed=args.seed, log_every=100, save_every=500)
     if not args.skip_baseline:
-        stage1 = dict(steps=args.baseline_steps, lr=args.baseline_lr, **common)
+        stage1 = dict(steps=args.baseline_steps, lr=args.baseline_lr, tasks=tuple(args.baseline_tasks), **common)
         if args.vision_steps:
             train(TrainConfig(stage="vision", out=str(work / "vision"), steps=args.vision_steps, lr=args.baseline_lr, size=size,
                               context=args.context, **{**common, "batch_size": args.vision_batch_size}))
@@ -115,6 +117,7 @@ def main(argv=None) -> None:
         shapes=len(SHAPES), adapter_parameters=sam_log["trainable_parameters"], context=args.context,
         exchange_layer=size.qformer_layers - 1, train_size=train_config["train_size"],
         min_images=train_config["min_images"], max_images=train_config["max_images"],
+        baseline_tasks=", ".join(baseline_log["config"]["tasks"]),
         stage0=stage0_line(work / "vision", args) if args.vision_steps else "",
         stage1_text="Q-Former, queries, projection and LLM from scratch over the frozen ViT" if args.vision_steps
         else "everything but the adapter, from scratch",
