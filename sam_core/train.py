@@ -98,6 +98,9 @@ class TrainConfig:
     max_images: int = MiniLinkConfig.max_images
     tasks: tuple[str, ...] = TASKS  # MiniLINK tasks to train on; "lookup" adds single-image lookups
     shapes: tuple[str, ...] = SHAPES  # MiniLINK's shape set
+    min_objects: int = MiniLinkConfig.min_objects  # objects per image: more of them make one token per image bind
+    max_objects: int = MiniLinkConfig.max_objects
+    alike: float = MiniLinkConfig.alike
     workers: int = 0  # DataLoader processes rendering and preprocessing batches (0: in the training process)
     max_minutes: float | None = None  # a time budget: stop early (and save) when it is spent
     freeze_vision: bool = False  # keep a pretrained vision encoder frozen, as InstructBLIP does
@@ -217,7 +220,8 @@ def open_dataset(config: TrainConfig):
     if config.data == "minilink":
         tasks = (LOOKUP,) if config.stage == "vision" else tuple(config.tasks)  # stage vision: single images
         minilink = MiniLinkConfig(min_images=config.min_images, max_images=config.max_images, tasks=tasks,
-                                  shapes=tuple(config.shapes))
+                                  shapes=tuple(config.shapes), min_objects=config.min_objects,
+                                  max_objects=config.max_objects, alike=config.alike)
         return MiniLink(SPLIT_SEEDS["train"], config.train_size, minilink)
     return AnnotationDataset(config.data)
 
@@ -349,13 +353,13 @@ def main(argv=None) -> None:
     for name in ("model", "data", "context", "quantization"):
         parser.add_argument(f"--{name.replace('_', '-')}", default=getattr(defaults, name))
     for name in ("train_size", "steps", "batch_size", "warmup", "seed", "num_query_tokens", "exchange_layer",
-                 "min_images", "max_images", "workers", "save_every", "log_every"):
+                 "min_images", "max_images", "min_objects", "max_objects", "workers", "save_every", "log_every"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TRAINING_TASKS)
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=SHAPES)
     parser.add_argument("--max-minutes", type=float, default=None, help="stop early (and save) after this long")
     parser.add_argument("--freeze-vision", action="store_true", help="keep the vision encoder frozen")
-    for name in ("lr", "weight_decay"):
+    for name in ("lr", "weight_decay", "alike"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name))
     log = train(TrainConfig(**vars(parser.parse_args(argv))))
     last = f"last loss {log['loss'][-1]['loss']:.4f}" if log["loss"] else "no step taken"

@@ -83,3 +83,12 @@ def test_a_time_budget_stops_early_and_still_saves(tmp_path):
     log = micro_run(tmp_path / "run", steps=10_000, max_minutes=0.05)
     assert log["stopped_early"]["step"] < 10_000
     assert load_sam(str(tmp_path / "run")).model is not None
+
+
+def test_difficulty_knobs_reach_the_training_data():
+    from sam_core.train import open_dataset
+
+    dataset = open_dataset(TrainConfig(stage="baseline", out="", min_objects=7, max_objects=7, alike=0.0, tasks=("group",)))
+    sample = dataset[0]
+    assert sample.task == "group" and all(len(scene) == 7 for scene in sample.scenes)
+    assert dataset.config.alike == 0.0
