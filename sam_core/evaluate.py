@@ -19,7 +19,10 @@ from pathlib import Path
 
 import torch
 
-from .data import TASKS, AnnotationDataset, MiniLink, MiniLinkConfig, SceneObject, SPLIT_SEEDS, names_linked_object, read_items
+from .data import (
+    SPLIT_SEEDS, TASKS, AnnotationDataset, MiniLink, MiniLinkConfig, MiniLinkSample, SceneObject, names_linked_object,
+    read_items,
+)
 from .generation import generation_kwargs
 from .loading import LoadedSam, load_sam
 from .metrics import bootstrap_interval, normalize_answer, paired_bootstrap_ratio, score_captions
@@ -123,6 +126,12 @@ def object_patch_mask(obj: SceneObject, scene_size: int, image_size: int, patch_
     return (inside_y[:, None] & inside_x[None, :]).flatten()
 
 
+def linked_patch_masks(sample: MiniLinkSample, scene_size: int, image_size: int, patch_size: int) -> torch.Tensor:
+    """(N, P - 1): the linked object's patches in every image of a sample."""
+    linked = [next(obj for obj in scene if obj.name == sample.linked) for scene in sample.scenes]
+    return torch.stack([object_patch_mask(obj, scene_size, image_size, patch_size) for obj in linked])
+
+
 @torch.no_grad()
 def linked_attention_share(loaded: LoadedSam, size: int = 160, batch_size: int = 16) -> dict[str, float]:
     """Where extraction looks: the mean share of the last Q-Former layer's query attention (heads and queries
@@ -133,19 +142,15 @@ def linked_attention_share(loaded: LoadedSam, size: int = 160, batch_size: int =
     dataset = MiniLink(SPLIT_SEEDS["test"], size, MiniLinkConfig(tasks=("group",)))
     shares = {mode: [] for mode in MODES}
     for indices in batch_indices(dataset, batch_size, seed=0, epoch=0):
-        image_sets, prompts, _, _ = read_items(dataset, indices)
-        inputs = processor(image_sets, prompts).to(model.query_tokens.device)
+        samples = [dataset[index] for index in indices]
+        inputs = processor([s.images for s in samples], [s.instruction for s in samples]).to(model.query_tokens.device)
+        masks = torch.stack([linked_patch_masks(s, dataset.config.image_size, vision.image_size, vision.patch_size) for s in samples])
         sam, baseline = model.extract_compare(
             inputs["qformer_input_ids"], inputs["qformer_attention_mask"], inputs["pixel_values"], output_attentions=True
         )
         for mode, visual in (("sam", sam), ("baseline", baseline)):
             attention = visual.image_cross_attentions[-1].float().mean(dim=(2, 3))[..., 1:].cpu()  # (B, N, P - 1)
-            for row, index in enumerate(indices):
-                sample = dataset[index]
-                for image, scene in enumerate(sample.scenes):
-                    linked = next(obj for obj in scene if obj.name == sample.linked)
-                    mask = object_patch_mask(linked, dataset.config.image_size, vision.image_size, vision.patch_size)
-                    shares[mode].append(float(attention[row, image][mask].sum()))
+            shares[mode] += (attention * masks).sum(-1).flatten().tolist()
     return {mode: sum(values) / len(values) for mode, values in shares.items()}
 
 

@@ -117,7 +117,7 @@ def main(argv=None) -> None:
         shapes=len(SHAPES), adapter_parameters=sam_log["trainable_parameters"], context=args.context,
         exchange_layer=size.qformer_layers - 1, train_size=train_config["train_size"],
         min_images=train_config["min_images"], max_images=train_config["max_images"],
-        baseline_tasks=", ".join(baseline_log["config"]["tasks"]),
+        baseline_tasks=", ".join(train_config["tasks"]),
         stage0=stage0_line(work / "vision", args) if args.vision_steps else "",
         stage1_text="Q-Former, queries, projection and LLM from scratch over the frozen ViT" if args.vision_steps
         else "everything but the adapter, from scratch",

@@ -31,7 +31,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .data import COLOURS, GRID, LOOKUP, SHAPES, TASKS, TRAINING_TASKS, AnnotationDataset, cell_labels, MiniLink, MiniLinkConfig, SPLIT_SEEDS, minilink_vocabulary, read_items
+from .data import (
+    COLOURS, GRID, LOOKUP, SHAPES, SPLIT_SEEDS, TASKS, TRAINING_TASKS, AnnotationDataset, MiniLink, MiniLinkConfig,
+    cell_labels, minilink_vocabulary, read_items,
+)
 from .loading import ADAPTER_PREFIX, load_sam, save_adapter
 from .modeling import SamForConditionalGeneration
 from .processing import SamProcessor
@@ -115,12 +118,13 @@ def trainable_names(model: nn.Module, stage: str, freeze_vision: bool = False) -
     names = []
     for name, param in model.named_parameters():
         is_adapter, is_vision = name.startswith(ADAPTER_PREFIX), name.startswith("vision_model.")
+        frozen = freeze_vision and is_vision
         train = {
             "vision": is_vision or name.startswith("heads."),
-            "baseline": not is_adapter and not (freeze_vision and is_vision),
+            "baseline": not is_adapter and not frozen,
             "sam": is_adapter,
-            "full": not (freeze_vision and is_vision),
-            "joint": not (freeze_vision and is_vision),
+            "full": not frozen,
+            "joint": not frozen,
         }[stage]
         param.requires_grad_(train)
         if train:
@@ -147,12 +151,12 @@ class CellRecognition(nn.Module):
         side = image_size // patch_size
         centres = [(k * patch_size + patch_size // 2) * GRID // image_size for k in range(side)]
         cell_of_patch = torch.tensor([row * GRID + column for row in centres for column in centres])  # (P - 1,)
-        self.register_buffer("cell_of_patch", cell_of_patch, persistent=False)
+        one_hot = nn.functional.one_hot(cell_of_patch, GRID * GRID).float()  # (P - 1, cells)
+        self.register_buffer("cell_pooling", one_hot / one_hot.sum(0), persistent=False)  # mean over each cell's patches
 
     def forward(self, pixel_values, colour_labels, shape_labels) -> CellRecognitionOutput:
         patches = self.vision_model(pixel_values=pixel_values).last_hidden_state[:, 1:]  # (B, P - 1, D), no CLS
-        one_hot = nn.functional.one_hot(self.cell_of_patch, GRID * GRID).to(patches.dtype)  # (P - 1, cells)
-        cells = torch.einsum("bpd,pc->bcd", patches, one_hot / one_hot.sum(0))  # (B, cells, D)
+        cells = torch.einsum("bpd,pc->bcd", patches, self.cell_pooling.to(patches.dtype))  # (B, cells, D)
         colour_logits, shape_logits = self.heads(cells).split([len(COLOURS) + 1, len(SHAPES) + 1], dim=-1)
         loss = nn.functional.cross_entropy(colour_logits.flatten(0, 1), colour_labels.flatten()) + nn.functional.cross_entropy(
             shape_logits.flatten(0, 1), shape_labels.flatten()
@@ -192,14 +196,15 @@ def cell_accuracy(recognition: CellRecognition, processor: SamProcessor, config:
     """Held-out (dev split) accuracy (%) of the stage-vision heads on the cells that hold an object."""
     dataset = MiniLink(SPLIT_SEEDS["dev"], size, replace(config, tasks=(LOOKUP,)))
     device = next(recognition.parameters()).device
+    collate = CellCollator(dataset, processor)
     correct, total = {"colour": 0, "shape": 0}, 0
     for start in range(0, size, 128):
-        batch = CellCollator(dataset, processor)(list(range(start, min(size, start + 128))))
-        output = recognition(**{k: v.to(device) for k, v in batch.items()})
-        occupied = batch["shape_labels"].to(device) < len(SHAPES)
+        batch = {k: v.to(device) for k, v in collate(list(range(start, min(size, start + 128)))).items()}
+        output = recognition(**batch)
+        occupied = batch["shape_labels"] < len(SHAPES)
         total += int(occupied.sum())
         for name, logits in (("colour", output.colour_logits), ("shape", output.shape_logits)):
-            correct[name] += int((logits.argmax(-1) == batch[f"{name}_labels"].to(device))[occupied].sum())
+            correct[name] += int((logits.argmax(-1) == batch[f"{name}_labels"])[occupied].sum())
     return {name: 100.0 * value / total for name, value in correct.items()}
 
 
