@@ -73,6 +73,9 @@ class MiniLinkConfig:
     min_objects: int = 3
     max_objects: int = 5
     alike: float = 0.5
+    # Decoys: every image also holds an object of one other colour and one of one other shape, never together,
+    # so the colours and the shapes that all images share do not say which colour goes with which shape.
+    decoys: bool = False
     image_size: int = 64
     tasks: tuple[str, ...] = TASKS
     shapes: tuple[str, ...] = SHAPES  # fewer, more distinct shapes make perception easier
@@ -218,6 +221,19 @@ def pick_distractor(rng: random.Random, linked: tuple[str, str], config: MiniLin
             return kind
 
 
+def pick_decoy(rng: random.Random, linked: tuple[str, str], config: MiniLinkConfig) -> tuple[str, str]:
+    """A decoy colour and a decoy shape for a group, both unlike the linked object's."""
+    colour, shape = linked
+    return rng.choice([c for c in COLOURS if c != colour]), rng.choice([s for s in config.shapes if s != shape])
+
+
+def decoy_kinds(rng: random.Random, linked: tuple[str, str], decoy: tuple[str, str], config: MiniLinkConfig) -> set:
+    """One image's two decoys: the decoy colour on another shape, the decoy shape in another colour."""
+    others = [s for s in config.shapes if s not in (linked[1], decoy[1])]
+    other_colours = [c for c in COLOURS if c not in (linked[0], decoy[0])]
+    return {(decoy[0], rng.choice(others)), (rng.choice(other_colours), decoy[1])}
+
+
 def cell_labels(objects: list[SceneObject]) -> tuple[list[int], list[int]]:
     """Per grid cell (row-major), the index of its object's colour and shape in COLOURS / SHAPES, or
     len(COLOURS) / len(SHAPES) for an empty cell: the targets of the vision encoder's pretraining."""
@@ -282,11 +298,12 @@ def make_sample(seed: int, index: int, config: MiniLinkConfig = MiniLinkConfig()
         return make_naming(rng, f"{seed}-{index}", config)
     linked = (rng.choice(list(COLOURS)), rng.choice(config.shapes))
     scenes = []
+    decoy = pick_decoy(rng, linked, config) if config.decoys else None
     while True:
         kinds_per_image = []
         for _ in range(num_images):
             count = rng.randint(config.min_objects, config.max_objects)
-            kinds = {linked}
+            kinds = {linked} | (decoy_kinds(rng, linked, decoy, config) if decoy else set())
             while len(kinds) < count:
                 kinds.add(pick_distractor(rng, linked, config, kinds))
             kinds_per_image.append(sorted(kinds))
@@ -414,8 +431,9 @@ def main(argv=None) -> None:
     parser.add_argument("--min-objects", type=int, default=MiniLinkConfig.min_objects)
     parser.add_argument("--max-objects", type=int, default=MiniLinkConfig.max_objects)
     parser.add_argument("--alike", type=float, default=MiniLinkConfig.alike)
+    parser.add_argument("--decoys", action="store_true", help="a decoy colour and a decoy shape in every image")
     args = parser.parse_args(argv)
-    config = MiniLinkConfig(args.min_images, args.max_images, args.min_objects, args.max_objects, args.alike)
+    config = MiniLinkConfig(args.min_images, args.max_images, args.min_objects, args.max_objects, args.alike, args.decoys)
     for split in args.splits:
         print(write_split(Path(args.out) / split, SPLIT_SEEDS[split], args.size, config))
 

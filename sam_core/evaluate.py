@@ -109,10 +109,11 @@ def summarise(predictions: list[Prediction], modes=MODES, meteor: bool = True) -
 CARD_SUBSET = {"size": 48, "tasks": ("group",)}  # the fixed subset the shipped checkpoint's card records
 
 
-def subset_accuracy(loaded: LoadedSam, size: int = CARD_SUBSET["size"], tasks=CARD_SUBSET["tasks"]) -> dict[str, float]:
+def subset_accuracy(loaded: LoadedSam, size: int = CARD_SUBSET["size"], tasks=CARD_SUBSET["tasks"],
+                    decoys: bool = False) -> dict[str, float]:
     """Task accuracy (%) per mode on the first `size` MiniLINK test samples of `tasks`: small enough for a test
     to check that a checkpoint still scores what its model card says."""
-    dataset = MiniLink(SPLIT_SEEDS["test"], size, MiniLinkConfig(tasks=tuple(tasks)))
+    dataset = MiniLink(SPLIT_SEEDS["test"], size, MiniLinkConfig(tasks=tuple(tasks), decoys=decoys))
     predictions = predict(loaded, dataset)
     return {mode: 100.0 * sum(answer_is_correct(p, mode) for p in predictions) / len(predictions) for mode in MODES}
 
@@ -193,10 +194,11 @@ def plot(rows: list[dict], path: Path) -> None:
     plt.close(figure)
 
 
-def open_eval_dataset(data: str, size: int, num_images: int | None, objects: int | None = None):
-    """The MiniLINK test split (optionally at a fixed N and a fixed number of objects per image) or an annotations file."""
+def open_eval_dataset(data: str, size: int, num_images: int | None, objects: int | None = None, decoys: bool = False):
+    """The MiniLINK test split (optionally at a fixed N, a fixed number of objects per image, with decoys) or an
+    annotations file."""
     if data == "minilink":
-        config = MiniLinkConfig()
+        config = MiniLinkConfig(decoys=decoys)
         if num_images is not None:
             config = replace(config, min_images=num_images, max_images=num_images)
         if objects is not None:
@@ -221,6 +223,7 @@ def main(argv=None) -> None:
     parser.add_argument("--tasks", nargs="*", default=None, choices=TASKS)
     parser.add_argument("--objects", type=int, default=None,
                         help="MiniLINK: this many objects per image (1: only the linked object, a read-out check)")
+    parser.add_argument("--decoys", action="store_true", help="MiniLINK: a decoy colour and a decoy shape in every image")
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("--preset", default="greedy")
     parser.add_argument("--max-new-tokens", type=int, default=24)
@@ -238,7 +241,7 @@ def main(argv=None) -> None:
         label, _, path = (spec or "embedded").rpartition("=") if spec and "=" in spec else ("", "", spec)
         loaded = load_sam(path)
         for num_images in args.num_images or [None]:
-            dataset = only_tasks(open_eval_dataset(args.data, args.size, num_images, args.objects), args.tasks)
+            dataset = only_tasks(open_eval_dataset(args.data, args.size, num_images, args.objects, args.decoys), args.tasks)
             start = time.perf_counter()
             predictions = predict(loaded, dataset, args.modes, args.batch_size, args.preset, max_new_tokens=args.max_new_tokens)
             seconds = time.perf_counter() - start

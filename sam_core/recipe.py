@@ -26,12 +26,14 @@ SECOND_STAGES = {
     "joint": "joint: every weight trains, with guidance on for a random half of the batches, so the baseline mode "
     "and the SAM mode of the one checkpoint are trained equally",
 }
+DECOYS_TEXT = (", and with decoys: every image also holds the decoy colour on another shape and the decoy shape in another\n"
+               "colour, so the colours and shapes all images share do not say which colour goes with which shape")
 CARD = """# MiniLINK SAM (the embedded default)
 
 A tiny SAM trained on **MiniLINK**, SAM studio's procedural stand-in for MmLINK: groups of strongly
 different images (varied backgrounds, {min_objects}–{max_objects} coloured shapes each, from {colours} colours ×
 {shapes} shapes) that share exactly one
-object. It knows only MiniLINK's synthetic world of coloured shapes; real photographs need the full
+object{decoys_text}. It knows only MiniLINK's synthetic world of coloured shapes; real photographs need the full
 InstructBLIP-Vicuna-7B model.
 
 - Architecture: ViT {vision_layers}×{vision_width} on {image_size}px images (8px patches), Q-Former
@@ -85,6 +87,8 @@ def main(argv=None) -> None:
     parser.add_argument("--sam-lr", type=float, default=3e-3)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--context", default="all", choices=("all", "others"))
+    parser.add_argument("--decoys", action="store_true",
+                        help="MiniLINK with a decoy colour and a decoy shape in every image (training and test)")
     parser.add_argument("--test-size", type=int, default=600)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-baseline", action="store_true", help="reuse WORK/baseline (and WORK/vision)")
@@ -92,7 +96,7 @@ def main(argv=None) -> None:
     work, out = Path(args.work), Path(args.out)
     size = MiniLinkModelSize(num_query_tokens=args.num_query_tokens)
 
-    common = dict(batch_size=args.batch_size, seed=args.seed, log_every=100, save_every=500)
+    common = dict(batch_size=args.batch_size, seed=args.seed, log_every=100, save_every=500, decoys=args.decoys)
     if not args.skip_baseline:
         stage1 = dict(steps=args.baseline_steps, lr=args.baseline_lr, tasks=tuple(args.baseline_tasks), **common)
         if args.vision_steps:
@@ -108,13 +112,14 @@ def main(argv=None) -> None:
     if out.exists():
         shutil.rmtree(out)
     shutil.copytree(work / "sam", out, ignore=shutil.ignore_patterns("train_state.pt"))
-    evaluate_main(["--model", f"MiniLINK={out}", "--size", str(args.test_size), "--out", str(work / "eval")])
+    evaluate_main(["--model", f"MiniLINK={out}", "--size", str(args.test_size), "--out", str(work / "eval")]
+                  + ["--decoys"] * args.decoys)
 
     train_config = baseline_log["config"]
     card = CARD.format(
         **{k: v for k, v in vars(size).items()},
         min_objects=MiniLinkConfig.min_objects, max_objects=MiniLinkConfig.max_objects, colours=len(COLOURS),
-        shapes=len(SHAPES), adapter_parameters=sam_log["trainable_parameters"], context=args.context,
+        shapes=len(SHAPES), decoys_text=DECOYS_TEXT if args.decoys else "", adapter_parameters=sam_log["trainable_parameters"], context=args.context,
         exchange_layer=size.qformer_layers - 1, train_size=train_config["train_size"],
         min_images=train_config["min_images"], max_images=train_config["max_images"],
         baseline_tasks=", ".join(train_config["tasks"]),
@@ -128,7 +133,7 @@ def main(argv=None) -> None:
         table=(work / "eval" / "results.md").read_text(), max_new_tokens=24,
     )
     (out / "README.md").write_text(card)
-    subset = {**CARD_SUBSET, "accuracy": subset_accuracy(load_sam(str(out)))}
+    subset = {**CARD_SUBSET, "decoys": args.decoys, "accuracy": subset_accuracy(load_sam(str(out)), decoys=args.decoys)}
     (out / "card_subset.json").write_text(json.dumps(subset, indent=1))
     shutil.copy(work / "eval" / "results.json", out / "test_results.json")
     print(card)

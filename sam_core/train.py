@@ -104,6 +104,7 @@ class TrainConfig:
     min_objects: int = MiniLinkConfig.min_objects  # objects per image: more of them make one token per image bind
     max_objects: int = MiniLinkConfig.max_objects
     alike: float = MiniLinkConfig.alike
+    decoys: bool = MiniLinkConfig.decoys  # a decoy colour and a decoy shape in every image of a group
     workers: int = 0  # DataLoader processes rendering and preprocessing batches (0: in the training process)
     max_minutes: float | None = None  # a time budget: stop early (and save) when it is spent
     freeze_vision: bool = False  # keep a pretrained vision encoder frozen, as InstructBLIP does
@@ -226,7 +227,7 @@ def open_dataset(config: TrainConfig):
         tasks = (LOOKUP,) if config.stage == "vision" else tuple(config.tasks)  # stage vision: single images
         minilink = MiniLinkConfig(min_images=config.min_images, max_images=config.max_images, tasks=tasks,
                                   shapes=tuple(config.shapes), min_objects=config.min_objects,
-                                  max_objects=config.max_objects, alike=config.alike)
+                                  max_objects=config.max_objects, alike=config.alike, decoys=config.decoys)
         return MiniLink(SPLIT_SEEDS["train"], config.train_size, minilink)
     return AnnotationDataset(config.data)
 
@@ -364,6 +365,7 @@ def main(argv=None) -> None:
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=SHAPES)
     parser.add_argument("--max-minutes", type=float, default=None, help="stop early (and save) after this long")
     parser.add_argument("--freeze-vision", action="store_true", help="keep the vision encoder frozen")
+    parser.add_argument("--decoys", action="store_true", help="MiniLINK: a decoy colour and a decoy shape in every image")
     for name in ("lr", "weight_decay", "alike"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name))
     log = train(TrainConfig(**vars(parser.parse_args(argv))))

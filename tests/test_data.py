@@ -45,6 +45,29 @@ def test_samples_are_well_formed(index):
         assert sample.instruction.endswith(f"Caption#{len(sample.images)}:")
 
 
+@pytest.mark.parametrize("index", range(20))
+def test_decoys_share_a_colour_and_a_shape_across_images_but_never_bound_together(index):
+    config = MiniLinkConfig(min_images=2, max_images=6, decoys=True)
+    sample = make_sample(5, index, config)
+    colour, shape = sample.linked.split()
+    kinds = [{(obj.colour, obj.shape) for obj in scene} for scene in sample.scenes]
+    assert set.intersection(*kinds) == {(colour, shape)}
+    shared_colours = set.intersection(*({c for c, _ in scene} for scene in kinds)) - {colour}
+    shared_shapes = set.intersection(*({s for _, s in scene} for scene in kinds)) - {shape}
+    assert shared_colours and shared_shapes  # the attributes all images share do not single out the linked object
+    for decoy_colour in shared_colours:
+        for decoy_shape in shared_shapes:
+            assert not all((decoy_colour, decoy_shape) in scene for scene in kinds)
+    assert all(config.min_objects <= len(scene) <= config.max_objects for scene in sample.scenes)
+
+
+def test_decoys_keep_each_samples_task_images_and_linked_object():
+    """The same split with decoys is the same questions made harder, so scores with and without compare."""
+    for index in range(10):
+        plain, hard = make_sample(4, index), make_sample(4, index, MiniLinkConfig(decoys=True))
+        assert (plain.task, len(plain.images), plain.linked) == (hard.task, len(hard.images), hard.linked)
+
+
 @pytest.mark.parametrize("index", range(30))
 def test_lookups_name_one_object_of_one_image_and_answer_about_it(index):
     config = MiniLinkConfig(tasks=(LOOKUP,))

@@ -70,7 +70,7 @@ def test_shipped_checkpoint_reproduces_its_model_card_accuracy():
     from sam_core.loading import EMBEDDED_DEFAULT, load_sam
 
     card = json.loads((EMBEDDED_DEFAULT / "card_subset.json").read_text())
-    measured = subset_accuracy(load_sam(), card["size"], card["tasks"])
+    measured = subset_accuracy(load_sam(), card["size"], card["tasks"], card.get("decoys", False))
     one_sample = 100.0 / card["size"]
     for mode in ("sam", "baseline"):
         assert abs(measured[mode] - card["accuracy"][mode]) <= one_sample + 1e-9, (mode, measured, card)
@@ -101,3 +101,5 @@ def test_evaluation_knobs_fix_images_and_objects_per_sample():
     samples = [dataset[i] for i in range(6)]
     assert all(s.task == "group" and len(s.images) == 2 for s in samples)
     assert all(len(scene) == 1 and scene[0].name == s.linked for s in samples for scene in s.scenes)
+    with_decoys = only_tasks(open_eval_dataset("minilink", 6, num_images=2, decoys=True), ["group"])
+    assert with_decoys.config.decoys and [with_decoys[i].linked for i in range(6)] == [s.linked for s in samples]

@@ -88,7 +88,23 @@ def test_a_time_budget_stops_early_and_still_saves(tmp_path):
 def test_difficulty_knobs_reach_the_training_data():
     from sam_core.train import open_dataset
 
-    dataset = open_dataset(TrainConfig(stage="baseline", out="", min_objects=7, max_objects=7, alike=0.0, tasks=("group",)))
+    dataset = open_dataset(TrainConfig(stage="baseline", out="", min_objects=7, max_objects=7, alike=0.0, tasks=("group",),
+                                       decoys=True))
     sample = dataset[0]
     assert sample.task == "group" and all(len(scene) == 7 for scene in sample.scenes)
-    assert dataset.config.alike == 0.0
+    assert dataset.config.alike == 0.0 and dataset.config.decoys
+
+
+def test_the_recipe_writes_a_loadable_checkpoint_with_its_card_and_data_setting(tmp_path):
+    """The one command behind the embedded default, at a few steps: both stages, evaluation, card, card subset."""
+    from sam_core.recipe import main as recipe
+
+    out = tmp_path / "minilink"
+    recipe(["--out", str(out), "--work", str(tmp_path / "work"), "--baseline-steps", "2", "--sam-steps", "2",
+            "--batch-size", "2", "--test-size", "6", "--decoys"])
+    card = (out / "README.md").read_text()
+    assert "with decoys" in card and "--decoys" in card and "| group | sam |" in card
+    subset = json.loads((out / "card_subset.json").read_text())
+    assert subset["decoys"] is True and set(subset["accuracy"]) == {"sam", "baseline"}
+    assert (out / "sam_adapter.safetensors").exists() and not (out / "train_state.pt").exists()
+    assert load_sam(str(out)).model.config.context == "all"
