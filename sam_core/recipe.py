@@ -4,9 +4,11 @@
 
 Stage 1 trains a tiny InstructBLIP on MiniLINK (guidance off): from scratch, or, with --vision-steps, over a
 vision encoder first pretrained to name the object in every grid cell of single images (stage 0; InstructBLIP
-starts from a pretrained, frozen ViT) and kept frozen. Stage 2 freezes everything and trains only the patch
-scorer and the exchange layers (the paper's recipe). The result is one checkpoint that serves both
-modes: `guidance=False` is the stage-1 baseline exactly, `guidance=True` is SAM.
+starts from a pretrained, frozen ViT) and kept frozen. Stage 2 either freezes everything and trains only the
+patch scorer and the exchange layers (`sam`, the paper's recipe; `guidance=False` is then the stage-1 baseline
+exactly) or trains every weight with guidance on for a random half of the batches (`joint`, what the embedded
+default uses: on MiniLINK with decoys the adapter alone does not learn to select). Either way the result is one
+checkpoint that serves both modes: `guidance=False` is the baseline, `guidance=True` is SAM.
 """
 
 import argparse
@@ -23,7 +25,7 @@ from .train import MiniLinkModelSize, TrainConfig, train
 
 SECOND_STAGES = {
     "sam": "SAM, the paper's recipe: only the adapter trains, everything else frozen",
-    "joint": "joint: every weight trains, with guidance on for a random half of the batches, so the baseline mode "
+    "joint": "joint: every weight{but_vision} trains, with guidance on for a random half of the batches, so the baseline mode "
     "and the SAM mode of the one checkpoint are trained equally",
 }
 DECOYS_TEXT = (", and with decoys: every image also holds the decoy colour on another shape and the decoy shape in another\n"
@@ -108,7 +110,7 @@ def main(argv=None) -> None:
         train(TrainConfig(stage="baseline", out=str(work / "baseline"), **stage1))
     baseline_log = json.loads((work / "baseline" / "training_log.json").read_text())
     sam_log = train(TrainConfig(stage=args.second_stage, out=str(work / "sam"), model=str(work / "baseline"), steps=args.sam_steps,
-                                lr=args.sam_lr, warmup=50, context=args.context, **common))
+                                lr=args.sam_lr, warmup=50, context=args.context, freeze_vision=bool(args.vision_steps), **common))
     if out.exists():
         shutil.rmtree(out)
     shutil.copytree(work / "sam", out, ignore=shutil.ignore_patterns("train_state.pt"))
@@ -128,7 +130,8 @@ def main(argv=None) -> None:
         else "everything but the adapter, from scratch",
         baseline_steps=args.baseline_steps, sam_steps=args.sam_steps, batch_size=args.batch_size,
         baseline_lr=args.baseline_lr, sam_lr=args.sam_lr, baseline_minutes=baseline_log["seconds"] / 60,
-        sam_minutes=sam_log["seconds"] / 60, second_stage_text=SECOND_STAGES[args.second_stage], machine="2 CPU cores", seed=args.seed,
+        sam_minutes=sam_log["seconds"] / 60, machine="2 CPU cores", seed=args.seed,
+        second_stage_text=SECOND_STAGES[args.second_stage].format(but_vision=" but the frozen ViT" * bool(args.vision_steps)),
         command="python -m sam_core.recipe " + " ".join(argv if argv is not None else sys.argv[1:]),
         table=(work / "eval" / "results.md").read_text(), max_new_tokens=24,
     )
