@@ -242,8 +242,10 @@ def downscale(image: Image.Image, max_pixels: int) -> Image.Image:
     return image.resize((max(1, int(image.width * scale)), max(1, int(image.height * scale))), Image.BICUBIC)
 
 
-def random_minilink_group(seed: int, num_images: int = 4) -> tuple[list[Image.Image], str, str]:
-    """A fresh MiniLINK group-captioning sample: (images, prompt, the reference answer)."""
-    config = MiniLinkConfig(min_images=num_images, max_images=num_images, tasks=("group",))
+def random_minilink_group(seed: int, num_images: int = 4, decoys: bool = True) -> tuple[list[Image.Image], str, str]:
+    """A fresh MiniLINK group-captioning sample: (images, prompt, the reference answer). With decoys by default,
+    the setting the embedded model was trained and scored in, where reading each image alone cannot tell which
+    colour goes with which shape."""
+    config = MiniLinkConfig(min_images=num_images, max_images=num_images, tasks=("group",), decoys=decoys)
     sample = MiniLink(seed=1000 + seed, size=1, config=config)[0]
     return sample.images, sample.instruction, sample.output

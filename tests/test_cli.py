@@ -22,6 +22,18 @@ def test_generate_on_the_shipped_checkpoint_prints_both_answers():
     assert "guidance is the identity" not in done.stderr
 
 
+def test_the_decoy_example_shows_guidance_binding_what_the_baseline_mixes_up():
+    """The app's `minilink-decoys` example: every image holds a blue shape and a circle (the decoys) and a black
+    diamond (the link); the baseline, reading each image alone, answers the decoy pair."""
+    example = json.loads(Path("examples/minilink-decoys/example.json").read_text())[0]
+    images = [str(Path("examples/minilink-decoys") / name) for name in example["images"]]
+    done = run_cli("generate", "--images", *images, "--task", "group", "--json")
+    assert done.returncode == 0, done.stderr
+    answers = json.loads(done.stdout)["answers"]
+    assert "black diamond" in example["reference"] and "black diamond" in answers["sam"]["text"]
+    assert "blue circle" in answers["baseline"]["text"]
+
+
 def test_a_model_without_adapter_is_flagged(tiny_checkpoint):
     done = run_cli("generate", "--images", *EXAMPLE, "--task", "group", "--max-new-tokens", "3", "--model", str(tiny_checkpoint))
     assert done.returncode == 0, done.stderr

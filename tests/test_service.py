@@ -99,3 +99,14 @@ def test_the_explain_api_also_needs_exact_captions(settings):
     files = [str(p) for p in sorted(Path("examples/linked-star").glob("*.png"))]
     with pytest.raises(gr.Error, match="needs 2 captions .* got 3"):
         explain(files, "Storytelling", "", "a .\nb .\nc .", 4, 0)
+
+
+def test_random_minilink_sets_come_with_decoys_like_the_embedded_models_training():
+    from app.service import random_minilink_group
+
+    images, prompt, reference = random_minilink_group(3)
+    again, _, _ = random_minilink_group(3)
+    plain, _, plain_reference = random_minilink_group(3, decoys=False)
+    assert len(images) == 4 and prompt.startswith("Sum up the common factor in these four pictures")
+    assert [i.tobytes() for i in images] == [i.tobytes() for i in again]  # a seed gives the same set
+    assert reference == plain_reference and [i.tobytes() for i in images] != [i.tobytes() for i in plain]
