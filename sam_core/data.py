@@ -80,6 +80,10 @@ class MiniLinkConfig:
     tasks: tuple[str, ...] = TASKS
     shapes: tuple[str, ...] = SHAPES  # fewer, more distinct shapes make perception easier
 
+    def __post_init__(self):
+        if self.decoys and self.min_objects < 3:
+            raise ValueError("decoys need at least 3 objects per image: the linked object and the two decoys")
+
 
 @dataclass
 class SceneObject:

@@ -61,6 +61,11 @@ def test_decoys_share_a_colour_and_a_shape_across_images_but_never_bound_togethe
     assert all(config.min_objects <= len(scene) <= config.max_objects for scene in sample.scenes)
 
 
+def test_decoys_with_too_few_objects_per_image_are_a_clear_error():
+    with pytest.raises(ValueError, match="at least 3 objects"):
+        MiniLinkConfig(min_objects=1, max_objects=1, decoys=True)
+
+
 def test_decoys_keep_each_samples_task_images_and_linked_object():
     """The same split with decoys is the same questions made harder, so scores with and without compare."""
     for index in range(10):
