@@ -134,13 +134,15 @@ def linked_patch_masks(sample: MiniLinkSample, scene_size: int, image_size: int,
 
 
 @torch.no_grad()
-def linked_attention_share(loaded: LoadedSam, size: int = 160, batch_size: int = 16) -> dict[str, float]:
+def linked_attention_share(loaded: LoadedSam, size: int = 160, batch_size: int = 16,
+                           config: MiniLinkConfig = MiniLinkConfig()) -> dict[str, float]:
     """Where extraction looks: the mean share of the last Q-Former layer's query attention (heads and queries
     averaged, CLS left out) that falls on the linked object's patches, per mode, over the images of the first
-    `size` MiniLINK group-captioning test samples. Guidance that selects the linked object raises SAM's share."""
+    `size` MiniLINK group-captioning test samples in the setting `config` (objects per image, decoys). Guidance
+    that selects the linked object raises SAM's share."""
     model, processor = loaded.model, loaded.processor
     vision = model.config.vision_config
-    dataset = MiniLink(SPLIT_SEEDS["test"], size, MiniLinkConfig(tasks=("group",)))
+    dataset = MiniLink(SPLIT_SEEDS["test"], size, replace(config, tasks=("group",)))
     shares = {mode: [] for mode in MODES}
     for indices in batch_indices(dataset, batch_size, seed=0, epoch=0):
         samples = [dataset[index] for index in indices]
@@ -194,16 +196,20 @@ def plot(rows: list[dict], path: Path) -> None:
     plt.close(figure)
 
 
+def eval_config(num_images: int | None = None, objects: int | None = None, decoys: bool = False) -> MiniLinkConfig:
+    """The MiniLINK setting of an evaluation: optionally a fixed N, a fixed number of objects per image, decoys."""
+    config = MiniLinkConfig(decoys=decoys)
+    if num_images is not None:
+        config = replace(config, min_images=num_images, max_images=num_images)
+    if objects is not None:
+        config = replace(config, min_objects=objects, max_objects=objects)
+    return config
+
+
 def open_eval_dataset(data: str, size: int, num_images: int | None, objects: int | None = None, decoys: bool = False):
-    """The MiniLINK test split (optionally at a fixed N, a fixed number of objects per image, with decoys) or an
-    annotations file."""
+    """The MiniLINK test split in the setting `eval_config` builds, or an annotations file."""
     if data == "minilink":
-        config = MiniLinkConfig(decoys=decoys)
-        if num_images is not None:
-            config = replace(config, min_images=num_images, max_images=num_images)
-        if objects is not None:
-            config = replace(config, min_objects=objects, max_objects=objects)
-        return MiniLink(SPLIT_SEEDS["test"], size, config)
+        return MiniLink(SPLIT_SEEDS["test"], size, eval_config(num_images, objects, decoys))
     return AnnotationDataset(data)
 
 
@@ -252,7 +258,8 @@ def main(argv=None) -> None:
             all_rows += rows
             all_predictions[name] = [p.__dict__ for p in predictions]
         if args.linked_attention:
-            attention[label or path or "embedded"] = linked_attention_share(loaded, args.linked_attention)
+            attention[label or path or "embedded"] = linked_attention_share(
+                loaded, args.linked_attention, config=eval_config(objects=args.objects, decoys=args.decoys))
     table = markdown_table(all_rows)
     if attention:
         table += "\n\nShare of the last Q-Former layer's attention on the linked object (group captioning test samples):\n\n"

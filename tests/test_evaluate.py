@@ -94,6 +94,15 @@ def test_linked_attention_share_is_a_share_per_mode(loaded):
     assert set(shares) == {"sam", "baseline"} and all(0 < share < 1 for share in shares.values())
 
 
+def test_linked_attention_share_is_measured_in_the_evaluations_setting(loaded):
+    """With decoys (or a fixed number of objects) the share is over those images, not the default ones."""
+    from sam_core.evaluate import eval_config, linked_attention_share
+
+    plain = linked_attention_share(loaded, size=4, batch_size=4)
+    assert linked_attention_share(loaded, size=4, batch_size=4, config=eval_config(decoys=True)) != plain
+    assert linked_attention_share(loaded, size=4, batch_size=4, config=eval_config(objects=1)) != plain
+
+
 def test_evaluation_knobs_fix_images_and_objects_per_sample():
     from sam_core.evaluate import only_tasks, open_eval_dataset
 
