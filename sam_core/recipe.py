@@ -121,7 +121,8 @@ def main(argv=None) -> None:
     card = CARD.format(
         **{k: v for k, v in vars(size).items()},
         min_objects=MiniLinkConfig.min_objects, max_objects=MiniLinkConfig.max_objects, colours=len(COLOURS),
-        shapes=len(SHAPES), decoys_text=DECOYS_TEXT if args.decoys else "", adapter_parameters=sam_log["trainable_parameters"], context=args.context,
+        shapes=len(SHAPES), decoys_text=DECOYS_TEXT if args.decoys else "",
+        adapter_parameters=sam_log["trainable_parameters"], context=args.context,
         exchange_layer=size.qformer_layers - 1, train_size=train_config["train_size"],
         min_images=train_config["min_images"], max_images=train_config["max_images"],
         baseline_tasks=", ".join(train_config["tasks"]),
