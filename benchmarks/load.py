@@ -4,12 +4,13 @@ A handful of distinct inputs (the example sets, group captioning and storytellin
 is answered once sequentially for reference; then `--clients` threads, each with its own Client, send
 `--requests` /compare calls in all, cycling over the inputs, mixed (in a fixed random order) with
 `--disconnects` browser-like requests that stream a long seeded sampling comparison and cancel it and leave after
-its first chunk, and `--bombs` uploads of a 180 KB PNG declaring 9459×9459 16-bit pixels. Every answer must equal the
+its first chunk, `--bombs` uploads of a 180 KB PNG declaring 9459×9459 16-bit pixels, and `--large` requests
+whose first image is a legitimate 16 M-pixel PNG (decoded, then downscaled). Every answer must equal the
 reference for its input (nothing lost, nothing mixed up between users, whoever left before) or be a clear "queue
 is full, try again" (busy); every bomb must be refused as too large. Prints a markdown table with latency
 percentiles, the app process's resident memory before → peak → after, and the files in its temporary folders.
 
-    python -m benchmarks.load --requests 200 --clients 8 --disconnects 20 --bombs 20 [--max-new-tokens 8]
+    python -m benchmarks.load --requests 200 --clients 8 --disconnects 20 --bombs 20 --large 10 [--max-new-tokens 8]
     python -m benchmarks.load --url http://127.0.0.1:7860/ --pid PID [--temp-dir DIR ...]
 
 Without --url the app is started here (with the SAM_* settings of this environment and temporary folders of its
@@ -27,12 +28,13 @@ import threading
 import time
 import uuid
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 from pathlib import Path
 
 import httpx
 import psutil
 from gradio_client import Client, handle_file
+from PIL import Image
 from gradio_client.exceptions import AppError
 from gradio_client.utils import QueueError
 
@@ -82,6 +84,13 @@ def pixel_bomb(path: Path, side: int = BOMB_SIDE) -> Path:
     return path
 
 
+def large_image(path: Path) -> Path:
+    """A 4000×4000 RGBA gradient PNG: 16 M pixels (just under the decode limit at the default SAM_MAX_PIXELS), a
+    small file."""
+    Image.linear_gradient("L").resize((4000, 4000)).convert("RGBA").save(path)
+    return path
+
+
 def is_busy(error: Exception) -> bool:
     """Gradio's answer when the queue (SAM_QUEUE_SIZE) is full: "Queue is full! Please try again."."""
     return isinstance(error, QueueError) or "queue is full" in str(error).lower()
@@ -94,6 +103,7 @@ class LoadResult:
     disconnects: int = 0  # requests that left after their first streamed chunk
     bombs: int = 0
     bombs_refused: int = 0
+    large: int = 0  # of the requests, those with a 16 M-pixel upload
     ok: int = 0
     busy: int = 0
     wrong: int = 0
@@ -112,10 +122,10 @@ class LoadResult:
         rss = "n/a" if self.rss_mb is None else " → ".join("?" if mb is None else f"{mb:.0f}" for mb in self.rss_mb)
         files = "n/a" if self.temp_files is None else f"{self.temp_files[0]} → {self.temp_files[1]}"
         return "\n".join([
-            "| requests | clients | disconnects | bombs refused | ok | busy | wrong | failed | p50 latency (s) | "
+            "| requests (16 MP uploads) | clients | disconnects | bombs refused | ok | busy | wrong | failed | p50 latency (s) | "
             "p95 latency (s) | app RSS before → peak → after (MB) | temp files before → after |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|",
-            f"| {self.requests} | {self.clients} | {self.disconnects} | {self.bombs_refused} / {self.bombs} | {self.ok} | "
+            f"| {self.requests} ({self.large}) | {self.clients} | {self.disconnects} | {self.bombs_refused} / {self.bombs} | {self.ok} | "
             f"{self.busy} | {self.wrong} | {self.failed} | {self.percentile(50):.2f} | {self.percentile(95):.2f} | {rss} | "
             f"{files} |",
         ])
@@ -194,21 +204,24 @@ def leave_after_first_chunk(url: str, case: Case, max_new_tokens: int) -> bool:
 
 
 def run_load(url: str, cases: list[Case], requests: int, clients: int, max_new_tokens: int = 8, pid: int | None = None,
-             disconnects: int = 0, bombs: int = 0, temp_dirs: list[Path] = (), disconnect_tokens: int = 64) -> LoadResult:
-    """Reference answers one by one, then `requests` calls, `disconnects` abandoned streams and `bombs` pixel-bomb
-    uploads from `clients` concurrent clients; `pid`: the app's process, for its memory, and `temp_dirs`: its
-    temporary folders (both measured after the reference pass, so the model and caches are warm)."""
-    reference_client = Client(url, verbose=False)
-    reference = {case: answer(reference_client, case, max_new_tokens) for case in cases}
-    memory = ProcessMemory(pid)
-    result = LoadResult(requests, clients, bombs=bombs, temp_files=(count_files(temp_dirs), None) if temp_dirs else None)
-    rss_before = memory.now()
-    memory.start()
-    schedule = ["answer"] * requests + ["leave"] * disconnects + ["bomb"] * bombs
-    random.Random(0).shuffle(schedule)
-    tickets, lock = iter(enumerate(schedule)), threading.Lock()
+             disconnects: int = 0, bombs: int = 0, large: int = 0, temp_dirs: list[Path] = (),
+             disconnect_tokens: int = 64) -> LoadResult:
+    """Reference answers one by one, then `requests` calls (`large` of them with a 16 M-pixel first image),
+    `disconnects` abandoned streams and `bombs` pixel-bomb uploads from `clients` concurrent clients; `pid`: the
+    app's process, for its memory, and `temp_dirs`: its temporary folders (both measured after the reference pass,
+    so the model and caches are warm)."""
     with tempfile.TemporaryDirectory() as folder:
         bomb = pixel_bomb(Path(folder) / "bomb.png") if bombs else None
+        big = Case((str(large_image(Path(folder) / "large.png")), *cases[0].images[1:]), *astuple(cases[0])[1:]) if large else None
+        reference_client = Client(url, verbose=False)
+        reference = {case: answer(reference_client, case, max_new_tokens) for case in cases + ([big] if big else [])}
+        memory = ProcessMemory(pid)
+        result = LoadResult(requests, clients, bombs=bombs, large=large, temp_files=(count_files(temp_dirs), None) if temp_dirs else None)
+        rss_before = memory.now()
+        memory.start()
+        schedule = ["answer"] * (requests - large) + ["large"] * large + ["leave"] * disconnects + ["bomb"] * bombs
+        random.Random(0).shuffle(schedule)
+        tickets, lock = iter(enumerate(schedule)), threading.Lock()
 
         def user():
             client = Client(url, verbose=False)
@@ -218,7 +231,7 @@ def run_load(url: str, cases: list[Case], requests: int, clients: int, max_new_t
                 if ticket is None:
                     return
                 index, kind = ticket
-                case = cases[index % len(cases)]
+                case = big if kind == "large" else cases[index % len(cases)]
                 start = time.perf_counter()
                 try:
                     if kind == "leave":
@@ -268,13 +281,14 @@ def main(argv=None) -> int:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--disconnects", type=int, default=0, help="streams abandoned after their first chunk")
     parser.add_argument("--bombs", type=int, default=0, help="uploads of a PNG declaring 9459×9459 16-bit pixels")
+    parser.add_argument("--large", type=int, default=0, help="of the requests, how many upload a 16 M-pixel PNG")
     parser.add_argument("--max-new-tokens", type=int, default=8)
     parser.add_argument("--url", help="an app that is already running (default: start one here)")
     parser.add_argument("--pid", type=int, help="that app's process id, for its memory")
     parser.add_argument("--temp-dir", type=Path, nargs="*", default=[], help="that app's temporary folders, to count files")
     args = parser.parse_args(argv)
     cases = example_cases()
-    mix = dict(disconnects=args.disconnects, bombs=args.bombs)
+    mix = dict(disconnects=args.disconnects, bombs=args.bombs, large=args.large)
     start = time.perf_counter()
     if args.url:
         result = run_load(args.url, cases, args.requests, args.clients, args.max_new_tokens, args.pid, temp_dirs=args.temp_dir, **mix)
