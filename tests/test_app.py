@@ -11,7 +11,7 @@ from gradio_client import Client, handle_file
 from PIL import Image
 
 from app.privacy import server_paths
-from benchmarks.load import example_cases, pixel_bomb, run_load, serve_app
+from benchmarks.load import REPO_ROOT, example_cases, pixel_bomb, run_load, serve_app
 from conftest import FAKE_SECRET
 
 EXAMPLE = sorted(str(p) for p in Path("examples/linked-star").glob("*.png"))
@@ -185,3 +185,21 @@ def test_each_refusal_is_one_line_in_the_log_and_never_a_traceback(short_lived_a
     new_lines = short_lived_app.log_path.read_text()[len(log_before):].splitlines()
     assert "Traceback" not in "\n".join(new_lines)
     assert len(new_lines) == len(bodies) + 1 and all(" refused: " in line for line in new_lines), new_lines
+
+
+def test_file_entries_name_only_files_in_gradios_cache(short_lived_app):
+    """Gradio's file protocol names files by their server path (uploads, /config's examples): those paths are all
+    inside GRADIO_TEMP_DIR, <folder>/<content hash>/<name>, and no other server path (the app's folder) appears."""
+    url, cache = short_lived_app.url, short_lived_app.temp_dirs[0]
+    config = httpx.get(f"{url}config", timeout=30).json()
+    with open(EXAMPLE[0], "rb") as image:
+        uploaded = httpx.post(f"{url}gradio_api/upload", files={"files": image}, timeout=30).json()
+
+    def file_paths(value):
+        if isinstance(value, dict):
+            return [p for key, item in value.items() for p in ([item] if key == "path" and isinstance(item, str) else file_paths(item))]
+        return [p for item in value for p in file_paths(item)] if isinstance(value, list) else []
+
+    paths = [path for path in file_paths(config) + uploaded if not path.startswith("http")]  # URLs: Gradio's own samples
+    assert len(paths) > len(EXAMPLE) and all(Path(path).parent.parent == cache for path in paths), paths
+    assert str(REPO_ROOT) not in json.dumps(config)
