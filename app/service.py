@@ -322,8 +322,8 @@ except (OSError, AttributeError):  # not glibc: nothing to call
 
 def release_freed_memory() -> None:
     """Give the memory freed after decoding back to the system. glibc keeps freed heap memory for reuse: after one
-    upload of large images (a 16 M-pixel PNG decodes through ~200 MB) the process stayed ~150 MB larger until it
-    ended; malloc_trim(0) returns it, in 2-16 ms (docs/security.md)."""
+    upload of large images (a 16 M-pixel PNG decodes through ~200 MB) the process stayed that much larger until
+    it ended; malloc_trim(0) returns it (tests/test_service.py measures what is held)."""
     if _malloc_trim is not None:
         _malloc_trim(0)
 
