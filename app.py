@@ -3,25 +3,34 @@
 Configuration by environment variables (see app/settings.py and the README): SAM_MODEL, SAM_ADAPTER,
 SAM_QUANTIZATION, SAM_DEVICE, SAM_MAX_IMAGES, SAM_MAX_PIXELS, SAM_MAX_NEW_TOKENS, SAM_MAX_PROMPT_TOKENS,
 SAM_REQUEST_TIMEOUT, SAM_CONCURRENCY, SAM_QUEUE_SIZE, SAM_HOST (127.0.0.1 unless on a Space), SAM_PORT,
-SAM_TORCH_THREADS.
+SAM_TORCH_THREADS, SAM_CACHE_TTL. What a visitor can and cannot do, and what is logged: docs/security.md.
 """
 
 import contextlib
 import io
+import logging
 import sys
 import warnings
 
 import torch
 from PIL import Image
+from starlette.middleware import Middleware
 
-from app.privacy import RedactedLog
+from app.privacy import redact_output
+from app.refusals import UploadLimit
 from app.service import SamService
-from app.settings import AppSettings
+from app.settings import MAX_FILE_BYTES, AppSettings
 from app.ui import CSS, build_demo
 
 
 def main() -> None:
-    sys.stdout, sys.stderr = RedactedLog(sys.stdout), RedactedLog(sys.stderr)
+    redact_output()
+    log = logging.getLogger("sam_studio")  # refusals (one line each) and unexpected failures (with their traceback)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
     # load_image refuses such files itself; Pillow's warning would only add its own file path to the log.
     warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
     settings = AppSettings.from_env()
@@ -31,7 +40,8 @@ def main() -> None:
     with contextlib.redirect_stdout(io.StringIO()):  # Gradio prints its example cache's absolute path: not for logs
         demo = build_demo(service)
     demo.queue(default_concurrency_limit=settings.concurrency, max_size=settings.queue_size)
-    demo.launch(server_name=settings.host, server_port=settings.port, css=CSS, max_file_size="20mb")
+    demo.launch(server_name=settings.host, server_port=settings.port, css=CSS, max_file_size=MAX_FILE_BYTES,
+                app_kwargs={"middleware": [Middleware(UploadLimit, max_bytes=settings.max_upload_bytes)]})
 
 
 if __name__ == "__main__":

@@ -1,12 +1,27 @@
 """What leaves the server: no absolute server paths and no secrets in responses, on the page or in the log."""
 
 import io
+import logging
 import os
 import re
+import sys
 
-# An absolute POSIX path (not part of a URL or a relative path); only its last component may be shown.
-ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~-])/(?:[^\s/'\"()\[\]{},;:]+/)*([^\s/'\"()\[\]{},;:]*)")
+_NAME = r"[^\s/'\"()\[\]{},;:<>]"  # a character of a path component that cannot end a path
+# Text the redaction passes over or shortens, tried in this order at each position:
+# a URL with a host (kept: "https://huggingface.co/a/b"), a quoted absolute path (spaces allowed: shortened to its
+# last component), a bare absolute path (inner components may hold spaces; after ":" too, as in "a:/srv/b").
+TEXT_WITH_PATHS = re.compile(
+    r"(?P<url>[A-Za-z][A-Za-z0-9+.-]*://[^\s/'\"<>]+[^\s'\"<>]*)"
+    r"|(?P<quote>['\"])(?P<quoted>/[^'\"\n]*)(?P=quote)"
+    rf"|(?<![\w.~/-])(?P<bare>/+(?:{_NAME}(?:[^\n/'\"()\[\]{{}},;:<>]*{_NAME})?/+)*(?P<last>{_NAME}*))"
+)
 SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|API_KEY|ACCESS_KEY", re.IGNORECASE)
+
+
+def server_paths(text: str) -> list[str]:
+    """The absolute paths in `text` that `public_text` would shorten (URLs are not paths)."""
+    paths = (match.group("quoted") or match.group("bare") for match in TEXT_WITH_PATHS.finditer(text) if not match.group("url"))
+    return [path for path in paths if path.strip("/")]  # a lone "/" ("3 / 4") names nothing
 
 
 def secret_values() -> list[str]:
@@ -15,11 +30,20 @@ def secret_values() -> list[str]:
     return sorted(values, key=len, reverse=True)
 
 
+def _shortened(match: re.Match) -> str:
+    if match.group("url"):
+        return match.group("url")
+    if match.group("quoted"):
+        quote = match.group("quote")
+        return quote + (match.group("quoted").rstrip("/").rsplit("/", 1)[-1] or "/") + quote
+    return match.group("last") or "/"
+
+
 def public_text(text: str) -> str:
     """Text with absolute server paths shortened to their last component and secret values masked."""
     for secret in secret_values():
         text = text.replace(secret, "***")
-    return ABSOLUTE_PATH.sub(lambda match: match.group(1) or "/", text)
+    return TEXT_WITH_PATHS.sub(_shortened, text)
 
 
 class RedactedLog(io.TextIOBase):
@@ -38,3 +62,16 @@ class RedactedLog(io.TextIOBase):
 
     def fileno(self) -> int:
         return self.stream.fileno()
+
+
+def redact_output() -> None:
+    """Pass stdout and stderr through `public_text`, including the logging handlers made before this call: a
+    library's handler keeps the stream it was created with (transformers makes one on import), so it is pointed at
+    the redacted stream too."""
+    wrapped = {id(sys.stdout): RedactedLog(sys.stdout), id(sys.stderr): RedactedLog(sys.stderr)}
+    sys.stdout, sys.stderr = wrapped[id(sys.stdout)], wrapped[id(sys.stderr)]
+    loggers = [logging.getLogger(), *(logger for logger in logging.Logger.manager.loggerDict.values() if isinstance(logger, logging.Logger))]
+    for logger in loggers:
+        for handler in logger.handlers:
+            if isinstance(handler, logging.StreamHandler) and id(handler.stream) in wrapped:
+                handler.setStream(wrapped[id(handler.stream)])

@@ -1,12 +1,15 @@
 """What the UI and the API call: validated inputs in, answers out. No Gradio components here."""
 
+import ctypes
+import ctypes.util
 import gc
+import math
 import os
 import threading
 import time
 import traceback
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 
 import psutil
@@ -18,7 +21,7 @@ from sam_core.data import MiniLink, MiniLinkConfig
 from sam_core.generation import GENERATION_PRESETS, AnswerDeadline, SamPipeline, answer_groups, generation_kwargs
 from sam_core.loading import IDENTITY_WARNING, SamLoadError, load_sam
 from sam_core.processing import (
-    ImageLoadError, PromptError, group_caption_prompt, load_image, question_prompt, storytelling_prompt,
+    ImageLoadError, PromptError, group_caption_prompt, load_image, question_prompt, shorten, storytelling_prompt,
 )
 
 from visualization import Report, explain
@@ -48,25 +51,63 @@ class ResourceError(RuntimeError):
     """A valid request the server could not finish (out of memory); the message says what to try instead."""
 
 
+MAX_SEED = 2**64 - 1  # torch generators take seeds up to 2^64 - 1
+
+
 @dataclass
 class Decoding:
+    """How to decode, as sent by the page or the API (raw JSON: any type, NaN, null); checked on creation, so a bad
+    value is refused with the field's name instead of failing in generation."""
+
     preset: str = "greedy"
     max_new_tokens: int = 32
     temperature: float = 1.0
     repetition_penalty: float = 1.0
     seed: int = 0
 
+    def __post_init__(self):
+        if not isinstance(self.preset, str) or self.preset not in GENERATION_PRESETS:
+            raise InputError(f"Decoding preset must be one of {', '.join(GENERATION_PRESETS)}; got {shorten(repr(self.preset))}.")
+        self.max_new_tokens = whole_number(self.max_new_tokens, "Max new tokens", 1, None)
+        self.temperature = positive_number(self.temperature, "Temperature")
+        self.repetition_penalty = positive_number(self.repetition_penalty, "Repetition penalty")
+        self.seed = whole_number(self.seed, "Seed", 0, MAX_SEED)
+
     def kwargs(self, limit: int) -> dict:
-        if self.preset not in GENERATION_PRESETS:
-            raise InputError(f"Unknown decoding preset {self.preset!r}.")
-        if not 1 <= int(self.max_new_tokens) <= limit:
+        if self.max_new_tokens > limit:
             raise InputError(f"Max new tokens must be between 1 and {limit}.")
-        overrides = {"max_new_tokens": int(self.max_new_tokens)}
+        overrides = {"max_new_tokens": self.max_new_tokens}
         if self.preset != "paper":
-            overrides["repetition_penalty"] = float(self.repetition_penalty)
+            overrides["repetition_penalty"] = self.repetition_penalty
             if self.preset == "sampling":
-                overrides["temperature"] = max(float(self.temperature), 1e-3)
+                overrides["temperature"] = max(self.temperature, 1e-3)
         return generation_kwargs(self.preset, **overrides)
+
+
+def whole_number(value, field: str, low: int, high: int | None) -> int:
+    """`value` as an int in [low, high] (a float is taken when whole: JSON clients send 8.0), or a refusal naming
+    the field."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        allowed = f"from {low} to {high}" if high is not None else f"of at least {low}"
+        raise InputError(f"{field} must be a whole number {allowed}; got {shorten(repr(value))}.")
+    return value
+
+
+def positive_number(value, field: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise InputError(f"{field} must be a positive number; got {shorten(repr(value))}.")
+    return float(value)
+
+
+def text_field(value, field: str) -> str:
+    """A text input (None: empty), or a refusal for anything else a raw API call can send."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise InputError(f"{field} must be text; got {type(value).__name__}.")
+    return value
 
 
 def on_zero_gpu() -> bool:
@@ -84,6 +125,8 @@ class SamService:
         self.notice = None
         self.loaded = self.pipeline = None
         self.lock = threading.Lock()  # one generation at a time per model: torch on CPU is not faster in parallel
+        # Decoding uploads runs outside the model lock, for every endpoint: at most SAM_CONCURRENCY at once in all.
+        self.decoding = threading.BoundedSemaphore(settings.concurrency)
         if not (on_zero_gpu() and settings.model is not None and settings.quantization != "none"):
             self.ready()
 
@@ -113,30 +156,61 @@ class SamService:
         return {**info, "name": public_text(str(info["name"]))}
 
     def images(self, files) -> list[Image.Image]:
-        """Uploaded files → RGB images (downscaled above the pixel limit), or a clear refusal."""
-        paths = [upload_path(item) for item in files or []]
-        if not paths:
-            raise InputError("Add at least one image.")
-        if len(paths) > self.settings.max_images:
-            raise InputError(f"At most {self.settings.max_images} images per request; got {len(paths)}.")
+        """Uploaded files → RGB images (downscaled above the pixel limit), or a clear refusal. Files that would
+        decode to more than `decode_limit(SAM_MAX_PIXELS)` pixels are refused from their header."""
+        self.image_count(files)
+        paths = [upload_path(item) for item in files]
         images = []
-        for index, path in enumerate(paths, start=1):
-            try:
-                image = load_image(path)
-            except ImageLoadError as error:
-                raise InputError(f"Image {index}: {error}") from None
-            images.append(downscale(image, self.settings.max_pixels))
+        try:
+            for index, path in enumerate(paths, start=1):
+                if not isinstance(path, (str, os.PathLike, Image.Image)):
+                    raise InputError(f"Image {index}: not an uploaded file.")
+                try:
+                    with self.decoding:
+                        images.append(load_image(path, self.settings.max_pixels))
+                except ImageLoadError as error:
+                    raise InputError(f"Image {index}: {error}") from None
+        finally:
+            release_freed_memory()
         return images
+
+    def image_count(self, files) -> int:
+        """How many files a request sends, refused when not a list or not 1 to SAM_MAX_IMAGES of them."""
+        if files is not None and not isinstance(files, (list, tuple)):
+            raise InputError("Images must be a list of uploaded files.")
+        self.check_image_count(len(files or []))
+        return len(files)
+
+    def check_image_count(self, count: int) -> None:
+        if count == 0:
+            raise InputError("Add at least one image.")
+        if count > self.settings.max_images:
+            raise InputError(f"At most {self.settings.max_images} images per request; got {count}.")
+
+    def caption_lines(self, text) -> list[str]:
+        """The API's storytelling captions, one per non-empty line; refused by length before anything is split."""
+        text = text_field(text, "Captions")
+        self.check_prompt_length(len(text), "Captions")
+        return [line for line in text.splitlines() if line.strip()]
+
+    def check_prompt_length(self, characters: int, field: str) -> None:
+        """Text too long to fit SAM_MAX_PROMPT_TOKENS tokens is refused by its length alone, before it is cleaned,
+        split or tokenised (a 25 MB question costs nothing)."""
+        limit = self.settings.max_prompt_chars
+        if characters > limit:
+            raise InputError(f"{field}: too long ({characters:,} characters, at most {limit:,}); shorten it.")
 
     def prompt(self, task: str, num_images: int, text: str, captions: list[str], exact_captions: bool = False) -> str:
         """The task's prompt. The UI keeps hidden caption boxes when images are removed, so extra captions are
         dropped there; an API call (`exact_captions`) must send exactly one caption per image but the last."""
+        self.check_image_count(num_images)
         if task == "Group captioning":
             return group_caption_prompt(num_images)
         if task == "Storytelling":
             if num_images < 2:
                 raise InputError("Storytelling needs at least two images: captions for the first ones, the last to continue.")
-            captions = list(captions or [])
+            captions = [text_field(caption, f"Caption {index}") for index, caption in enumerate(captions or [], start=1)]
+            self.check_prompt_length(sum(len(caption) for caption in captions[: num_images - 1]), "Captions")
             if exact_captions and len(captions) != num_images - 1:
                 raise InputError(
                     f"Storytelling with {num_images} images needs {num_images - 1} captions (one per image but the last); "
@@ -147,19 +221,26 @@ class SamService:
                 raise InputError(f"Write a caption for each image but the last ({num_images - 1} captions).")
             return storytelling_prompt(captions)
         if task != "Free question":
-            raise InputError(f"Unknown task {task!r}; choose one of {', '.join(TASKS)}.")
-        text = question_prompt(text or "")
+            raise InputError(f"Unknown task {shorten(repr(task))}; choose one of {', '.join(TASKS)}.")
+        text = text_field(text, "Question")
+        self.check_prompt_length(len(text), "Question")
+        text = question_prompt(text)
         if not text:
             raise InputError("Write a question.")
         return text
 
-    def check_prompt(self, prompt: str, num_images: int, max_new_tokens: int) -> None:
-        """Markers and length against the loaded model (its tokenizer and positions) and SAM_MAX_PROMPT_TOKENS."""
+    def check_prompt(self, prompt: str, num_images: int, max_new_tokens: int) -> bool:
+        """Markers and length against the loaded model (its tokenizer and positions) and SAM_MAX_PROMPT_TOKENS.
+        Called before the model lock, so tokenising never holds up another request; False when it could not be
+        checked yet (ZeroGPU loads the model inside the first request) and must be, once loaded."""
+        if self.pipeline is None:
+            return False
         try:
             self.pipeline.check_prompt(prompt, num_images, max_new_tokens, limit=self.settings.max_prompt_tokens)
         except PromptError as error:
             message = str(error)
             raise InputError(message[:1].upper() + message[1:] + ".") from None
+        return True
 
     @gpu_task
     def compare(self, images: list[Image.Image], prompt: str, decoding: Decoding) -> Iterator[dict]:
@@ -171,14 +252,20 @@ class SamService:
         deadline = AnswerDeadline(self.settings.request_timeout / len(groups))
         settings["stopping_criteria"] = StoppingCriteriaList([deadline])
         state = {"sam": "", "baseline": "", "stats": {}, "cut_short": []}
+        checked = self.check_prompt(prompt, len(images), settings["max_new_tokens"])
         with self.lock, out_of_memory_answer():
             self.ready()
-            self.check_prompt(prompt, len(images), settings["max_new_tokens"])
+            if not checked:
+                self.check_prompt(prompt, len(images), settings["max_new_tokens"])
             start, rss_before = time.perf_counter(), psutil.Process().memory_info().rss
             if settings.get("num_beams", 1) == 1:
-                for texts in self.pipeline.stream(images, prompt, mode="compare", seed=decoding.seed, preset="greedy", **settings):
-                    state.update(texts)
-                    yield state
+                # Closing this generator (a client that left) closes the stream, which stops and joins its generation
+                # before the lock is released: nothing of this request runs alongside the next one.
+                stream = self.pipeline.stream(images, prompt, mode="compare", seed=decoding.seed, preset="greedy", **settings)
+                with closing(stream):
+                    for texts in stream:
+                        state.update(texts)
+                        yield state
             else:
                 result = self.pipeline.generate(images, prompt, mode="compare", seed=decoding.seed, preset="greedy", **settings)
                 state.update({mode: answer.text for mode, answer in result.answers.items()})
@@ -200,9 +287,11 @@ class SamService:
         settings = decoding.kwargs(self.settings.max_new_tokens)
         deadline = AnswerDeadline(self.settings.request_timeout / 2)  # the analysis decodes the two answers in turn
         settings["stopping_criteria"] = StoppingCriteriaList([deadline])
+        checked = self.check_prompt(prompt, len(images), settings["max_new_tokens"])
         with self.lock, out_of_memory_answer():
             self.ready()
-            self.check_prompt(prompt, len(images), settings["max_new_tokens"])
+            if not checked:
+                self.check_prompt(prompt, len(images), settings["max_new_tokens"])
             report = explain(self.pipeline, images, prompt, preset="greedy", seed=decoding.seed, progress=progress, **settings)
         report.cut_short = [mode for mode, cut in zip(report.capture.answers, deadline.cut_short) if cut]
         return report
@@ -225,6 +314,20 @@ def out_of_memory_answer():
         raise ResourceError(OUT_OF_MEMORY) from None
 
 
+try:
+    _malloc_trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+except (OSError, AttributeError):  # not glibc: nothing to call
+    _malloc_trim = None
+
+
+def release_freed_memory() -> None:
+    """Give the memory freed after decoding back to the system. glibc keeps freed heap memory for reuse: after one
+    upload of large images (a 16 M-pixel PNG decodes through ~200 MB) the process stayed that much larger until
+    it ended; malloc_trim(0) returns it (tests/test_service.py measures what is held)."""
+    if _malloc_trim is not None:
+        _malloc_trim(0)
+
+
 def upload_path(item):
     """A gallery item ((path, caption), a file dict, a path or a PIL image) → what load_image reads."""
     if isinstance(item, (tuple, list)):
@@ -232,14 +335,6 @@ def upload_path(item):
     if isinstance(item, dict):
         item = item.get("path") or (item.get("image") or {}).get("path")
     return item
-
-
-def downscale(image: Image.Image, max_pixels: int) -> Image.Image:
-    pixels = image.width * image.height
-    if pixels <= max_pixels:
-        return image
-    scale = (max_pixels / pixels) ** 0.5
-    return image.resize((max(1, int(image.width * scale)), max(1, int(image.height * scale))), Image.BICUBIC)
 
 
 def random_minilink_group(seed: int, num_images: int = 4, decoys: bool = True) -> tuple[list[Image.Image], str, str]:

@@ -5,6 +5,8 @@ from dataclasses import dataclass
 
 import torch
 
+MAX_FILE_BYTES = 20 * 2**20  # Gradio refuses a larger uploaded file
+PROMPT_CHARACTERS_PER_TOKEN = 16  # a generous cap on characters per token: longer prompts are refused before tokenising
 
 def _env_number(name: str, default, parse, kind: str):
     value = os.environ.get(name)
@@ -33,7 +35,7 @@ class AppSettings:
     quantization: str
     device: str
     max_images: int
-    max_pixels: int  # larger uploads are downscaled to this many pixels, not rejected
+    max_pixels: int  # larger uploads are downscaled to this many pixels; files decoding to 16× more are refused
     max_new_tokens: int
     max_prompt_tokens: int  # LLM tokens of the whole prompt (question, or storytelling captions and question)
     request_timeout: float  # seconds of answering per request (half per answer where the two are decoded in turn)
@@ -42,6 +44,17 @@ class AppSettings:
     host: str
     port: int
     torch_threads: int | None  # None: torch's default (one per core)
+    cache_ttl: int = 3600  # seconds an upload or a report stays in Gradio's cache
+
+    @property
+    def max_upload_bytes(self) -> int:
+        """The most one upload request may carry: a request's worth of files, and room for the form around them."""
+        return self.max_images * MAX_FILE_BYTES + 2**20
+
+    @property
+    def max_prompt_chars(self) -> int:
+        """Prompts longer than this many characters are refused before they are tokenised."""
+        return PROMPT_CHARACTERS_PER_TOKEN * self.max_prompt_tokens
 
     @classmethod
     def from_env(cls) -> "AppSettings":
@@ -62,4 +75,5 @@ class AppSettings:
             host=os.environ.get("SAM_HOST", "0.0.0.0" if on_spaces else "127.0.0.1"),
             port=_env_int("SAM_PORT", _env_int("GRADIO_SERVER_PORT", 7860)),
             torch_threads=_env_int("SAM_TORCH_THREADS", 0 if gpu or os.environ.get("SAM_MODEL") else 1) or None,
+            cache_ttl=_env_int("SAM_CACHE_TTL", 3600),
         )

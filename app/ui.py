@@ -6,6 +6,7 @@ import json
 import logging
 import random
 import tempfile
+from contextlib import closing
 from pathlib import Path
 
 import gradio as gr
@@ -17,6 +18,7 @@ from visualization import (
 )
 from visualization.common import figure_png
 
+from .refusals import Blocks, refusal
 from .service import TASKS, Decoding, InputError, ResourceError, SamService, random_minilink_group, upload_path
 from .settings import AppSettings
 
@@ -59,11 +61,6 @@ def stats_markdown(stats: dict, cut_short: list[str] = (), time_limit: float = 0
     extra = f", GPU peak {stats['gpu_peak_mb']:.0f} MB" if "gpu_peak_mb" in stats else ""
     text = f"**Both answers ({how}):** {stats['seconds']:.2f} s, process memory {stats['rss_mb']:.0f} MB{extra}"
     return text + "".join(f"\n\n{note}" for note in cut_short_notes(cut_short, time_limit))
-
-
-def refusal(message: str) -> gr.Error:
-    """The message for the page; no traceback in the log for it (unexpected failures are logged where caught)."""
-    return gr.Error(message, print_exception=False)
 
 
 def cut_short_notes(cut_short: list[str], time_limit: float) -> list[str]:
@@ -134,8 +131,7 @@ def build_demo(service: SamService) -> gr.Blocks:
         try:
             images = service.images(gallery)
             prompt = service.prompt(task, len(images), question, list(captions), exact_captions)
-            preset, max_new_tokens, temperature, repetition_penalty, seed = decoding_values
-            decoding = Decoding(preset, int(max_new_tokens), float(temperature), float(repetition_penalty), int(seed))
+            decoding = Decoding(*decoding_values)
             yield from service.compare(images, prompt, decoding)
         except (InputError, ResourceError) as error:
             raise refusal(str(error)) from None
@@ -145,14 +141,18 @@ def build_demo(service: SamService) -> gr.Blocks:
 
     def run_compare(gallery, task, question, *rest):
         captions, decoding_values = rest[:max_captions], rest[max_captions:]
-        for state in compare_states(gallery, task, question, captions, decoding_values):
-            per_answer = time_limit if state["stats"].get("batched", True) else time_limit / 2
-            yield state["sam"], state["baseline"], stats_markdown(state["stats"], state["cut_short"], per_answer)
+        with closing(compare_states(gallery, task, question, captions, decoding_values)) as states:  # a client that
+            for state in states:  # leaves closes this generator: the service's then stops its generation at once
+                per_answer = time_limit if state["stats"].get("batched", True) else time_limit / 2
+                yield state["sam"], state["baseline"], stats_markdown(state["stats"], state["cut_short"], per_answer)
 
     def api_compare(files, task, question, captions_text, preset, max_new_tokens, seed):
         """Both answers for uploaded files: (SAM answer, baseline answer, JSON with timings, the model, a notice if
         the configured model could not be loaded, and which answers the time limit cut short)."""
-        captions = [line for line in (captions_text or "").splitlines() if line.strip()]
+        try:
+            captions = service.caption_lines(captions_text)
+        except InputError as error:
+            raise refusal(str(error)) from None
         state = None
         for state in compare_states(files, task, question, captions, (preset, max_new_tokens, 1.0, 1.0, seed), True):
             pass
@@ -171,7 +171,8 @@ def build_demo(service: SamService) -> gr.Blocks:
         images, prompt, reference = random_minilink_group(counter)
         return images, "Group captioning", f"A new MiniLINK group. Reference answer: *{reference}*", counter + 1
 
-    with gr.Blocks(title="SAM studio") as demo:
+    # Uploads, reports and other outputs leave Gradio's cache SAM_CACHE_TTL seconds after they were written.
+    with Blocks(title="SAM studio", delete_cache=(min(settings.cache_ttl, 600), settings.cache_ttl)) as demo:
         gr.Markdown(INTRO)
         banner = gr.Markdown(banner_markdown(service), elem_id="banner")
         with gr.Row():
@@ -242,7 +243,7 @@ def build_demo(service: SamService) -> gr.Blocks:
             try:
                 images = service.images(gallery)
                 prompt = service.prompt(task, len(images), question, list(captions))
-                decoding = Decoding(preset, int(max_new_tokens), float(temperature), float(repetition_penalty), int(seed))
+                decoding = Decoding(preset, max_new_tokens, temperature, repetition_penalty, seed)
                 report = service.explain(images, prompt, decoding, progress=lambda f, m: progress(f, desc=m))
             except (InputError, ResourceError) as error:
                 raise refusal(str(error)) from None
@@ -255,7 +256,7 @@ def build_demo(service: SamService) -> gr.Blocks:
             except Exception as error:  # a figure that cannot be drawn must not cost the other views
                 report.figure_failures["patch-attribution"] = error.__class__.__name__
                 patches, words_sam, words_baseline = None, None, None
-            folder = Path(tempfile.mkdtemp(prefix="sam-report-"))
+            folder = Path(tempfile.mkdtemp(prefix="sam-report-", dir=report_file.GRADIO_CACHE))  # served, then expired
             html_path, json_path = report.write(folder / "sam_report.html")
             sam_visual = report.capture.visual["sam"]
             layers = [str(i) for i in cross_attention_layers(sam_visual)]
@@ -334,7 +335,7 @@ def build_demo(service: SamService) -> gr.Blocks:
             """Move or remove the selected image; returns the new order and the new selection."""
             items = [upload_path(item) for item in gallery_value or []]
             if index is None or not 0 <= index < len(items):
-                raise gr.Error("Select an image in the gallery first.")
+                raise refusal("Select an image in the gallery first.")
             if action == "remove":
                 items.pop(index)
                 return items, None
@@ -358,23 +359,26 @@ def build_demo(service: SamService) -> gr.Blocks:
             api_button = gr.Button("api")
         def api_explain(files, task, question, captions_text, max_new_tokens, seed):
             """Every analysis view of one run: (JSON of all numbers, the HTML report)."""
-            captions = [line for line in (captions_text or "").splitlines() if line.strip()]
             try:  # the API, unlike the page, must send exactly one caption per image but the last
-                service.prompt(task, len(files or []), question, captions, exact_captions=True)
+                captions = service.caption_lines(captions_text)
+                service.prompt(task, service.image_count(files), question, captions, exact_captions=True)
             except InputError as error:
                 raise refusal(str(error)) from None
             captions += [""] * (max_captions - len(captions))
             outputs = run_explain(files, task, question, *captions[:max_captions], "greedy", max_new_tokens, 1.0, 1.0, seed,
                                   progress=lambda *args, **kwargs: None)
-            report, html_path = outputs[0], outputs[-1][0]
+            report, (html_path, json_path) = outputs[0], outputs[-1]
+            Path(json_path).unlink()  # the numbers go back in the response; only the HTML is served
             details = {**report.to_dict(), "figure_failures": report.figure_failures, "cut_short": report.cut_short}
             return json.dumps(details), html_path
 
         api_report = gr.File(visible=False)
         api_explain_button = gr.Button(visible=False)
+        # The API's values reach the service as sent (preprocess=False), which checks each one and names it in its
+        # refusal; gr.File's own preprocessing would also leave an empty temporary file per image per call.
         api_explain_button.click(api_explain, [api_files, task, question, api_captions, max_new_tokens, seed],
-                                 [api_json, api_report], api_name="explain")
+                                 [api_json, api_report], api_name="explain", preprocess=False)
         api_button.click(api_compare, [api_files, task, question, api_captions, preset, max_new_tokens, seed],
-                         [sam_answer, baseline_answer, api_json], api_name="compare")
+                         [sam_answer, baseline_answer, api_json], api_name="compare", preprocess=False)
         demo.load(lambda: banner_markdown(service), None, banner, api_visibility="private")
     return demo

@@ -2,12 +2,16 @@
 
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import closing
 from dataclasses import asdict, dataclass
 from queue import Queue
-from threading import Thread
+from threading import Event, Thread
 
 import torch
-from transformers import StoppingCriteria
+from transformers import (
+    LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList, TemperatureLogitsWarper, TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 from transformers.generation.streamers import BaseStreamer
 
 from .loading import LoadedSam
@@ -96,6 +100,66 @@ class AnswerDeadline(StoppingCriteria):
         return torch.full((input_ids.shape[0],), self.cut_short[-1], dtype=torch.bool, device=input_ids.device)
 
 
+class SeededSampling(LogitsProcessor):
+    """Multinomial sampling from a generator of its own. transformers samples from torch's global random state,
+    which every thread shares: another request generating at the same time, or anything else drawing random
+    numbers, would change this answer. Used with `do_sample=False` as the last processor: it applies the sampling
+    warpers (temperature, top-k, top-p) as transformers does, draws the token, and leaves greedy selection only
+    that token to pick. One instance per generate call, so each call starts from `seed`."""
+
+    def __init__(self, seed: int | None, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0):
+        self.seed = seed
+        self.generator: torch.Generator | None = None  # made on the first step, on the device of the scores
+        self.warpers = LogitsProcessorList(
+            ([TemperatureLogitsWarper(temperature)] if temperature != 1.0 else [])
+            + ([TopKLogitsWarper(top_k)] if top_k else [])
+            + ([TopPLogitsWarper(top_p)] if top_p < 1.0 else [])
+        )
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self.generator is None:
+            self.generator = torch.Generator(scores.device)
+            if self.seed is None:
+                self.generator.seed()  # fresh entropy, still nobody else's state
+            else:
+                self.generator.manual_seed(self.seed)
+        probabilities = torch.softmax(self.warpers(input_ids, scores), dim=-1)  # (B, V)
+        tokens = torch.multinomial(probabilities, num_samples=1, generator=self.generator)  # (B, 1)
+        return torch.full_like(scores, float("-inf")).scatter_(1, tokens, 0.0)
+
+
+def seeded_settings(model, settings: dict, seed: int | None) -> dict:
+    """Generate-call settings whose sampling (if any) draws from a generator seeded with `seed` (SeededSampling),
+    with transformers' defaults and the model's generation config for what `settings` leaves unset; greedy and
+    beam settings are returned unchanged."""
+    if not settings.get("do_sample"):
+        return settings
+    if settings.get("num_beams", 1) > 1:
+        raise ValueError("sampling is offered with num_beams=1 only")
+    settings = dict(settings)
+
+    def chosen(name: str, default):  # the request's value, else the model's generation config, else transformers'
+        for value in (settings.pop(name, None), getattr(model.generation_config, name, None)):
+            if value is not None:
+                return value
+        return default
+
+    sampler = SeededSampling(seed, chosen("temperature", 1.0), chosen("top_k", 50), chosen("top_p", 1.0))
+    settings["logits_processor"] = LogitsProcessorList([*settings.get("logits_processor", []), sampler])
+    settings["do_sample"] = False
+    return settings
+
+
+class StopWhenSet(StoppingCriteria):
+    """Stops a generation at its next step once `event` is set: the request that wanted it has ended."""
+
+    def __init__(self):
+        self.event = Event()
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
 def answer_groups(mode: str, settings: dict) -> list[list[str]]:
     """The modes each generate call answers: a comparison under deterministic decoding is one batch of two;
     sampling decodes the modes in turn from the same seed, so equal visual tokens give equal answers."""
@@ -172,10 +236,8 @@ class SamPipeline:
         extraction_seconds = time.perf_counter() - start
         answers = {}
         for names in answer_groups(mode, settings):
-            if seed is not None:
-                torch.manual_seed(seed)
             start = time.perf_counter()
-            new_ids = generate_modes(self.model, inputs, [visual[name] for name in names], **settings)
+            new_ids = generate_modes(self.model, inputs, [visual[name] for name in names], **seeded_settings(self.model, settings, seed))
             seconds = time.perf_counter() - start
             rows = new_ids.reshape(len(names), -1, new_ids.shape[-1])[:, 0]  # first sequence of each mode
             for name, text, ids in zip(names, self.processor.decode(rows), rows):
@@ -198,14 +260,17 @@ class SamPipeline:
         texts = dict.fromkeys(visual, "")
         for names in answer_groups(mode, settings):
             streamer = BatchTextStreamer(self.processor.tokenizer, len(names))
-            for pieces in streamer.run(self._streamed_generation(inputs, [visual[n] for n in names], seed, streamer, settings)):
-                texts.update(zip(names, pieces))
-                yield dict(texts)
+            generation = self._streamed_generation(inputs, [visual[n] for n in names], seed, streamer, settings)
+            with closing(streamer.run(generation)) as pieces:  # closing this stream stops and joins the generation
+                for texts_so_far in pieces:
+                    texts.update(zip(names, texts_so_far))
+                    yield dict(texts)
 
     def _streamed_generation(self, inputs, visual, seed, streamer, settings):
+        settings = seeded_settings(self.model, settings, seed)
+        settings["stopping_criteria"] = StoppingCriteriaList([*settings.get("stopping_criteria", []), streamer.stop])
+
         def run():
-            if seed is not None:
-                torch.manual_seed(seed)
             generate_modes(self.model, inputs, visual, streamer=streamer, **settings)
 
         return run
@@ -225,13 +290,15 @@ def generate_modes(model, inputs, visual: list[SamVisualTokens], **settings) -> 
 
 class BatchTextStreamer(BaseStreamer):
     """A transformers streamer for a batch of answers: collects each row's new tokens and hands out the decoded
-    texts as they grow (TextIteratorStreamer takes one row only)."""
+    texts as they grow (TextIteratorStreamer takes one row only). Its generation must also get `stop` among its
+    stopping criteria: a reader that stops reading early ends the generation with it."""
 
     def __init__(self, tokenizer, rows: int, timeout: float = 600):
         self.tokenizer, self.timeout = tokenizer, timeout
         self.ids = [[] for _ in range(rows)]
         self.prompt_skipped = False
         self.queue = Queue()
+        self.stop = StopWhenSet()
 
     def put(self, value: torch.Tensor) -> None:
         if not self.prompt_skipped:  # generate hands over the prompt (or the decoder start) first
@@ -245,7 +312,10 @@ class BatchTextStreamer(BaseStreamer):
         self.queue.put(None)
 
     def run(self, generation) -> Iterator[list[str]]:
-        """Run `generation` (which feeds this streamer) in a thread; yield the texts; re-raise its error here."""
+        """Run `generation` (which feeds this streamer) in a thread; yield the texts; re-raise its error here.
+        However the reading ends (done, closed by a client that left, an error), the generation has stopped and
+        its thread has ended when this returns: nothing of this request runs on after it (and after the model
+        lock its caller holds)."""
         failure = []
 
         def guarded():
@@ -257,12 +327,15 @@ class BatchTextStreamer(BaseStreamer):
 
         worker = Thread(target=guarded, daemon=True)
         worker.start()
-        last = None
-        while (texts := self.queue.get(timeout=self.timeout)) is not None:
-            if texts != last:
-                last = texts
-                yield texts
-        worker.join()
+        try:
+            last = None
+            while (texts := self.queue.get(timeout=self.timeout)) is not None:
+                if texts != last:
+                    last = texts
+                    yield texts
+        finally:
+            self.stop.event.set()
+            worker.join()
         if failure:
             raise failure[0]
 

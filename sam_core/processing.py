@@ -1,14 +1,16 @@
 """Inputs for SAM: image loading, the paper's prompt templates, and the multi-image processor."""
 
 import re
+import struct
 import unicodedata
+import zlib
 from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps
 from transformers import BatchFeature, InstructBlipProcessor
 from transformers.utils import logging as transformers_logging
 
@@ -43,26 +45,39 @@ class PromptError(ValueError):
     """A prompt the model cannot take; the message says why and what to change."""
 
 
-def load_image(image) -> Image.Image:
+def load_image(image, max_pixels: int | None = None) -> Image.Image:
     """A PIL RGB image from a PIL image, a path, or an (H, W[, C]) array; EXIF rotation applied,
     transparency composited on white, any mode (palette, 16-bit, CMYK, grayscale) converted, the first frame
-    of an animation. Files declaring more than Pillow's `Image.MAX_IMAGE_PIXELS` are refused before their
-    pixels are decoded (a few-KB file can declare 100000×100000 pixels: a decompression bomb)."""
+    of an animation.
+
+    A file is refused before its pixels are decoded when decoding it would take more than
+    `decode_limit(max_pixels)` pixels (`Image.MAX_IMAGE_PIXELS` without `max_pixels`): a 100-byte PNG can declare
+    9459×9459 16-bit pixels. With `max_pixels`, a JPEG is decoded reduced (1/2 to 1/8, Pillow's draft mode) when
+    that still gives at least `max_pixels`, and the result is downscaled to at most `max_pixels` (aspect kept).
+    Whatever a malformed file makes Pillow raise becomes an ImageLoadError naming the file."""
     if isinstance(image, (str, Path)):
-        name = Path(image).name
+        name = shorten(Path(image).name)
         try:
             with Image.open(image) as opened:
-                if opened.width * opened.height > Image.MAX_IMAGE_PIXELS:
-                    raise ImageLoadError(too_large_message(name, f"{opened.width}×{opened.height} pixels"))
+                reduce_on_decode(opened, max_pixels)
+                limit = decode_limit(max_pixels)
+                if opened.width * opened.height > limit:
+                    raise ImageLoadError(too_large_message(name, f"{opened.width}×{opened.height} pixels", limit))
+                if opened.format == "PNG" and not png_data_complete(image):
+                    raise ImageLoadError(f"{name}: not a readable image (truncated: its data ends before its last row)")
                 opened.load()
-                image = opened.copy() if opened.format != "GIF" else opened.convert("RGBA")
+                return downscale(rgb(opened if opened.format != "GIF" else opened.convert("RGBA")), max_pixels)
+        except ImageLoadError:
+            raise
         except FileNotFoundError:
             raise ImageLoadError(f"{name}: no such file") from None
         except Image.DecompressionBombError:
-            raise ImageLoadError(too_large_message(name, "over twice that many pixels")) from None
-        except (UnidentifiedImageError, OSError) as error:
+            raise ImageLoadError(too_large_message(name, "over twice that many pixels", Image.MAX_IMAGE_PIXELS)) from None
+        except MemoryError:
+            raise
+        except Exception as error:  # Pillow raises OSError, ValueError, SyntaxError, IndexError, ... on malformed files
             raise ImageLoadError(f"{name}: not a readable image ({error.__class__.__name__})") from None
-    elif isinstance(image, np.ndarray):
+    if isinstance(image, np.ndarray):
         array = image
         if array.dtype != np.uint8:
             array = np.clip(array * (255 if array.max() <= 1.0 else 1), 0, 255).astype(np.uint8)
@@ -71,9 +86,49 @@ def load_image(image) -> Image.Image:
         image = Image.fromarray(array.squeeze(-1) if array.ndim == 3 and array.shape[2] == 1 else array)
     elif not isinstance(image, Image.Image):
         raise ImageLoadError(f"cannot read an image from a {type(image).__name__}")
-    image = ImageOps.exif_transpose(image)
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        image = Image.fromarray((np.asarray(image, dtype=np.float64) / 257).clip(0, 255).astype(np.uint8))
+    return downscale(rgb(image), max_pixels)
+
+
+DECODE_FACTOR = 16  # a file may decode to at most this many times max_pixels before it is downscaled
+
+
+def decode_limit(max_pixels: int | None) -> int:
+    """The most pixels a file may decode to: DECODE_FACTOR × `max_pixels` (16.8 M at the app's default 1 M),
+    never more than Pillow's `Image.MAX_IMAGE_PIXELS`."""
+    return Image.MAX_IMAGE_PIXELS if max_pixels is None else min(DECODE_FACTOR * max_pixels, Image.MAX_IMAGE_PIXELS)
+
+
+def reduce_on_decode(opened: Image.Image, max_pixels: int | None) -> None:
+    """Ask a JPEG for its reduced decoding (1/2, 1/4 or 1/8 scale) when that still has at least the size the
+    image will be downscaled to; other formats decode at full size."""
+    if max_pixels is not None and opened.format == "JPEG" and opened.width * opened.height > max_pixels:
+        opened.draft("RGB", downscaled_size(opened.size, max_pixels))
+
+
+def downscaled_size(size: tuple[int, int], max_pixels: int) -> tuple[int, int]:
+    width, height = size
+    scale = (max_pixels / (width * height)) ** 0.5
+    return max(1, int(width * scale)), max(1, int(height * scale))
+
+
+def downscale(image: Image.Image, max_pixels: int | None) -> Image.Image:
+    """The image, or a copy resized (aspect kept) to at most `max_pixels` pixels."""
+    if max_pixels is None or image.width * image.height <= max_pixels:
+        return image
+    return image.resize(downscaled_size(image.size, max_pixels), Image.BICUBIC)
+
+
+def rgb(image: Image.Image) -> Image.Image:
+    """Upright RGB: EXIF rotation, 16- and 32-bit integer pixels scaled to 8 bits (in integers, no float copy),
+    transparency composited on white."""
+    if image.getexif().get(ExifTags.Base.Orientation, 1) != 1:
+        image = ImageOps.exif_transpose(image)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        pixels = np.array(image)  # (H, W) uint16 or int32
+        if pixels.dtype != np.uint16:
+            np.clip(pixels, 0, 65535, out=pixels)
+        pixels //= 257
+        image = Image.fromarray(pixels.astype(np.uint8))
     if image.mode == "P":
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA"):
@@ -83,8 +138,47 @@ def load_image(image) -> Image.Image:
     return image.convert("RGB")
 
 
-def too_large_message(name: str, declared: str) -> str:
-    return f"{name}: too large to decode safely ({declared} declared; at most {Image.MAX_IMAGE_PIXELS:,} pixels)"
+PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # by colour type: grey, RGB, palette, grey+alpha, RGBA
+ADAM7_PASSES = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+
+
+def png_data_complete(path) -> bool:
+    """Whether a PNG's image data inflates to every row its header declares. Pillow fills the missing rows of a
+    PNG whose compressed stream ends early with zeros and reports no error: a blank image, not the upload."""
+    with open(path, "rb") as file:
+        data = file.read()
+    width, height, bit_depth, colour_type, _, _, interlace = struct.unpack(">IIBBBBB", data[16:29])
+    if colour_type not in PNG_CHANNELS:
+        return True  # Pillow would not have decoded it
+    bits = bit_depth * PNG_CHANNELS[colour_type]
+
+    def rows_size(columns: int, rows: int) -> int:  # each row: a filter byte and its pixels
+        return 0 if columns <= 0 or rows <= 0 else rows * (1 + (columns * bits + 7) // 8)
+
+    if interlace:
+        expected = sum(rows_size(-(-(width - x) // dx), -(-(height - y) // dy)) for x, y, dx, dy in ADAM7_PASSES)
+    else:
+        expected = rows_size(width, height)
+    inflater, inflated, position = zlib.decompressobj(), 0, 8
+    while position + 8 <= len(data) and inflated < expected:
+        length, kind = struct.unpack(">I4s", data[position : position + 8])
+        if kind == b"IDAT":
+            chunk = data[position + 8 : position + 8 + length]
+            while chunk and inflated < expected:  # inflate in bounded pieces, counting, keeping nothing
+                inflated += len(inflater.decompress(chunk, 1 << 20))
+                chunk = inflater.unconsumed_tail
+        position += 12 + length
+    return inflated >= expected
+
+
+def too_large_message(name: str, declared: str, limit: int) -> str:
+    return f"{name}: too large to decode safely ({declared} declared; at most {limit:,} pixels)"
+
+
+def shorten(text: str, limit: int = 60) -> str:
+    """User input echoed in a message: at most `limit` characters (a marker with 100 000 digits is not echoed whole)."""
+    text = str(text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def clean_text(text: str) -> str:
@@ -101,7 +195,8 @@ def check_image_markers(prompt: str, num_images: int) -> None:
     beyond = [digits for digits in IMAGE_MARKER.findall(prompt) if len(digits) > 6 or not 1 <= int(digits) <= num_images]
     if beyond:
         only = "is only 1 image" if num_images == 1 else f"are only {num_images} images"
-        raise PromptError(f"the prompt refers to {{image#{beyond[0]}}} but there {only} ({{image#1}} to {{image#{num_images}}})")
+        marker = shorten(f"{{image#{beyond[0]}", 16) + "}"
+        raise PromptError(f"the prompt refers to {marker} but there {only} ({{image#1}} to {{image#{num_images}}})")
 
 
 def count_word(n: int) -> str:
@@ -131,6 +226,8 @@ class SamProcessor:
     the LLM ids with N·K image placeholders before the prompt (transformers 5's InstructBLIP layout).
 
     Wraps (not forks) transformers' `InstructBlipProcessor`, so any InstructBLIP checkpoint's processor loads.
+    Text is text: both tokenizers read `<image>`, `</s>`, `[SEP]` ... in a prompt or an answer as characters,
+    never as the control tokens they name (`split_special_tokens`); the image placeholders are inserted by id.
     """
 
     def __init__(self, processor: InstructBlipProcessor):
@@ -138,6 +235,8 @@ class SamProcessor:
         self.image_processor = processor.image_processor
         self.tokenizer = processor.tokenizer
         self.qformer_tokenizer = processor.qformer_tokenizer
+        for tokenizer in (self.tokenizer, self.qformer_tokenizer):
+            tokenizer.split_special_tokens = True  # the default of every call, so no caller can forget it
         self.num_query_tokens = processor.num_query_tokens
         self.image_token_id = self.tokenizer.convert_tokens_to_ids(processor.image_token.content)
 

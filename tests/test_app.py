@@ -2,13 +2,16 @@
 
 import json
 import shutil
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 from gradio_client import Client, handle_file
+from PIL import Image
 
-from app.privacy import ABSOLUTE_PATH
-from benchmarks.load import example_cases, run_load, serve_app
+from app.privacy import server_paths
+from benchmarks.load import REPO_ROOT, example_cases, pixel_bomb, run_load, serve_app
 from conftest import FAKE_SECRET
 
 EXAMPLE = sorted(str(p) for p in Path("examples/linked-star").glob("*.png"))
@@ -62,8 +65,6 @@ def test_explain_returns_every_view_and_a_report(client):
 def test_the_api_cannot_read_arbitrary_server_paths(app_url, tmp_path):
     """A raw API call naming a file on the server that nobody uploaded is refused (no gradio_client, which would
     upload the file itself)."""
-    import httpx
-
     secret = tmp_path / "secret.png"
     secret.write_bytes(Path(EXAMPLE[0]).read_bytes())
     server_file = {"path": str(secret), "meta": {"_type": "gradio.FileData"}}
@@ -105,7 +106,100 @@ def test_responses_and_logs_carry_no_server_paths_or_secrets(client, app_server)
     assert "test_app.py: not a readable image" in str(refused.value)
     _, _, details = compare(client, EXAMPLE)
     for text in (str(refused.value), details):
-        assert not ABSOLUTE_PATH.search(text) and FAKE_SECRET not in text, text
+        assert not server_paths(text) and FAKE_SECRET not in text, text
     log = app_server.log_path.read_text()
     assert "Running on local URL" in log
-    assert FAKE_SECRET not in log and str(Path.cwd()) not in log and not ABSOLUTE_PATH.search(log), log
+    assert FAKE_SECRET not in log and str(Path.cwd()) not in log and not server_paths(log), log
+
+
+@pytest.fixture(scope="module")
+def short_lived_app(tmp_path_factory):
+    """An app whose cached files expire after 2 s, with temporary folders of its own to count."""
+    folder = tmp_path_factory.mktemp("short-lived")
+    (folder / "tmp").mkdir()
+    with serve_app(folder / "app.log", SAM_CACHE_TTL="2", GRADIO_TEMP_DIR=str(folder / "gradio"), TMPDIR=str(folder / "tmp"),
+                   HF_HUB_OFFLINE="1") as app:
+        app.temp_dirs = [folder / "gradio", folder / "tmp"]
+        yield app
+
+
+def files_in(folders) -> list[Path]:
+    return sorted(path for folder in folders for path in Path(folder).rglob("*") if path.is_file())
+
+
+def test_temporary_files_stay_bounded(short_lived_app, tmp_path):
+    """No file per call that is never removed: uploads and reports expire (SAM_CACHE_TTL), reports are written in
+    Gradio's cache (none in $TMPDIR), and no empty file is left per uploaded image."""
+    client = Client(short_lived_app.url, verbose=False)
+    before = files_in(short_lived_app.temp_dirs)
+    for index in range(5):
+        fresh = tmp_path / f"fresh{index}.png"  # a new upload each time: Gradio stores uploads by their content
+        Image.new("RGB", (32, 32), (index * 40, 90, 200)).save(fresh)
+        compare(client, [fresh, *EXAMPLE[1:]])
+    for _ in range(2):
+        client.predict([handle_file(f) for f in EXAMPLE], "Group captioning", "", "", 4, 0, api_name="/explain")
+    during = files_in(short_lived_app.temp_dirs)
+    assert len(during) <= len(before) + 5 + 2, [str(p) for p in during if p not in before]
+    assert not any(path.stat().st_size == 0 for path in during)
+    deadline = time.monotonic() + 30
+    while files_in(short_lived_app.temp_dirs) != before and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert files_in(short_lived_app.temp_dirs) == before
+
+
+def test_each_refusal_is_one_line_in_the_log_and_never_a_traceback(short_lived_app, tmp_path):
+    """Anyone can send these; each costs the log one line, whatever layer refuses it (Gradio's checks of the
+    values, the app's checks, the upload limit)."""
+    url = short_lived_app.url
+    with open(EXAMPLE[0], "rb") as image:
+        uploaded = httpx.post(f"{url}gradio_api/upload", files={"files": image}, timeout=30).json()[0]
+    bomb = pixel_bomb(tmp_path / "bomb.png")
+    with open(bomb, "rb") as file:
+        uploaded_bomb = httpx.post(f"{url}gradio_api/upload", files={"files": file}, timeout=30).json()[0]
+    server_file = tmp_path / "server.png"
+    server_file.write_bytes(Path(EXAMPLE[0]).read_bytes())
+
+    def file(path):
+        return [{"path": str(path), "meta": {"_type": "gradio.FileData"}}]
+
+    def call(body: str) -> str:
+        posted = httpx.post(f"{url}gradio_api/call/compare", content=body, headers={"content-type": "application/json"}, timeout=30)
+        return httpx.get(f"{url}gradio_api/call/compare/{posted.json()['event_id']}", timeout=60).text
+
+    bodies = [json.dumps({"data": data}) for data in (
+        [file(server_file), "Group captioning", "", "", "greedy", 4, 0],  # nobody uploaded it
+        [{"not": "files"}, "Group captioning", "", "", "greedy", 4, 0],
+        [file(uploaded)],  # too few values
+        [file(uploaded), "Group captioning", "", "", "greedy", 4, 2**64],
+        [file(uploaded), "Group captioning", "", "", "greedy", 4, None],
+        [file(uploaded), "Poetry", "", "", "fastest", 4, 0],
+        [file(uploaded), "Free question", "why " * 100_000, "", "greedy", 4, 0],
+        [file(uploaded_bomb), "Group captioning", "", "", "greedy", 4, 0],
+    )] + ['{"data": [%s, "Group captioning", "", "", "greedy", NaN, 0]}' % json.dumps(file(uploaded))]
+    log_before = short_lived_app.log_path.read_text()
+    for body in bodies:
+        assert "event: error" in call(body)
+    too_large = httpx.post(f"{url}gradio_api/upload", files=[("files", (f"{i}.png", bytes(2**20))) for i in range(130)], timeout=60)
+    assert too_large.status_code == 413
+    time.sleep(1)
+    new_lines = short_lived_app.log_path.read_text()[len(log_before):].splitlines()
+    assert "Traceback" not in "\n".join(new_lines)
+    assert len(new_lines) == len(bodies) + 1 and all(" refused: " in line for line in new_lines), new_lines
+
+
+def test_file_entries_name_only_files_in_gradios_cache(short_lived_app):
+    """Gradio's file protocol names files by their server path (uploads, /config's examples): those paths are all
+    inside GRADIO_TEMP_DIR, <folder>/<content hash>/<name>, and no other server path (the app's folder) appears."""
+    url, cache = short_lived_app.url, short_lived_app.temp_dirs[0]
+    config = httpx.get(f"{url}config", timeout=30).json()
+    with open(EXAMPLE[0], "rb") as image:
+        uploaded = httpx.post(f"{url}gradio_api/upload", files={"files": image}, timeout=30).json()
+
+    def file_paths(value):
+        if isinstance(value, dict):
+            return [p for key, item in value.items() for p in ([item] if key == "path" and isinstance(item, str) else file_paths(item))]
+        return [p for item in value for p in file_paths(item)] if isinstance(value, list) else []
+
+    paths = [path for path in file_paths(config) + uploaded if not path.startswith("http")]  # URLs: Gradio's own samples
+    assert len(paths) > len(EXAMPLE) and all(Path(path).parent.parent == cache for path in paths), paths
+    assert str(REPO_ROOT) not in json.dumps(config)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from app.privacy import ABSOLUTE_PATH
+from app.privacy import server_paths
 from app.service import Decoding, ResourceError, SamService
 from app.ui import build_demo
 from sam_core.generation import AnswerDeadline
@@ -53,7 +53,7 @@ def test_a_broken_model_configuration_falls_back_to_the_embedded_default_with_a_
     sam, baseline, details = compare(service)
     assert sam and baseline and details["model"]["source"] == "embedded"
     assert "Serving the embedded default" in details["notice"]
-    assert not ABSOLUTE_PATH.search(details["notice"]), details["notice"]  # the server's paths stay on the server
+    assert not server_paths(details["notice"]), details["notice"]  # the server's paths stay on the server
     assert str(tmp_path) not in json.dumps(details)
 
 

@@ -1,4 +1,7 @@
+import time
+
 import pytest
+import torch
 
 from sam_core.generation import GENERATION_PRESETS, SamPipeline, generation_kwargs
 from sam_core.loading import LoadedSam, ModelInfo
@@ -75,3 +78,37 @@ def test_a_failing_generation_surfaces_in_the_streaming_caller(pipeline, three_i
     monkeypatch.setattr(pipe.model, "generate", broken)
     with pytest.raises(RuntimeError, match="generation broke"):
         list(pipe.stream(three_images, "what ?", mode="compare"))
+
+
+def test_closing_a_stream_stops_and_joins_its_generation(pipeline, three_images):
+    """A client that leaves closes the stream: its generation must end then, not run on beside the next request."""
+    pipe = pipeline(active=True)
+    steps = []
+    pipe.model.language_model.register_forward_hook(lambda *_: steps.append(time.sleep(0.01)))
+    stream = pipe.stream(three_images, "what is shared ?", mode="compare", preset="sampling", max_new_tokens=40, min_new_tokens=40)
+    next(stream)
+    stream.close()
+    closed_at = len(steps)
+    time.sleep(0.3)
+    assert len(steps) == closed_at and closed_at < 40
+
+
+def test_seeded_sampling_is_untouched_by_other_use_of_the_global_random_state(pipeline, three_images):
+    """Sampling draws from the request's own generator: another request (here: every step of this one) drawing
+    from torch's global random state changes nothing, streamed or not."""
+    pipe = pipeline(active=True)
+    settings = dict(mode="compare", preset="sampling", temperature=2.0, seed=3, max_new_tokens=12)
+
+    def answers():
+        generated = {mode: answer.text for mode, answer in pipe.generate(three_images, "what is shared ?", **settings).answers.items()}
+        return generated, list(pipe.stream(three_images, "what is shared ?", **settings))[-1]
+
+    alone = answers()
+    assert alone[0] == alone[1]
+
+    def another_user_draws(*_):
+        torch.rand(100)
+
+    pipe.model.language_model.register_forward_hook(another_user_draws)
+    assert answers() == alone
+    assert pipe.generate(three_images, "what is shared ?", **{**settings, "seed": 4}).answers["sam"].text != alone[0]["sam"]

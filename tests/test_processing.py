@@ -1,10 +1,13 @@
+import re
 import struct
+import tracemalloc
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from sam_core import group_caption_prompt, load_image, question_prompt, storytelling_prompt
 from sam_core.processing import ImageLoadError, PromptError, check_image_markers
@@ -114,13 +117,17 @@ def test_long_qformer_instruction_is_truncated_from_the_left(processor, three_im
 
 
 
-def png_with_header(width: int, height: int, bit_depth: int = 8, colour_type: int = 2, rows: bytes | None = None) -> bytes:
-    """A PNG whose IHDR declares any size; `rows`: the raw scanlines (filter byte + pixels), if any."""
+def png_with_header(width: int, height: int, bit_depth: int = 8, colour_type: int = 2, rows=None, interlace: int = 0) -> bytes:
+    """A PNG whose IHDR declares any size; `rows`: the raw scanlines (filter byte + pixels), bytes or an iterable of
+    bytes (compressed as they come, so a huge image's rows need not be held at once)."""
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    header = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows or b"")) + chunk(b"IEND", b"")
+    compressor = zlib.compressobj(9)
+    pieces = [rows or b""] if rows is None or isinstance(rows, bytes) else rows
+    data = b"".join(compressor.compress(piece) for piece in pieces) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, interlace)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
 
 
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # Pillow warns, load_image refuses
@@ -195,3 +202,95 @@ def test_pipeline_refuses_prompts_that_do_not_fit(processor, make_model, three_i
         pipeline.check_prompt("what ?", 3, positions)
     with pytest.raises(PromptError, match=r"\{image#5\}"):
         pipeline.check_prompt("{image#5} what ?", 3, 8)
+
+
+MALFORMED = sorted(Path(__file__).parent.joinpath("data", "malformed").iterdir())
+
+
+@pytest.mark.parametrize("path", MALFORMED, ids=[path.name for path in MALFORMED])
+def test_malformed_files_of_every_format_are_refused_by_name(path):
+    """Fuzzed TIFF, QOI, DDS, PPM, SGI, IM, AVIF and JPEG 2000 files make Pillow raise ValueError, IndexError,
+    NotImplementedError, RuntimeError or SyntaxError (the file name says which): each is the file's own problem."""
+    with pytest.raises(ImageLoadError, match=rf"{re.escape(path.name)}: not a readable image"):
+        load_image(path)
+
+
+def test_a_png_text_chunk_too_large_to_decompress_is_refused_by_name(tmp_path):
+    image = Image.new("RGB", (4, 4))
+    info = PngImagePlugin.PngInfo()
+    info.add_text("comment", "x" * (PngImagePlugin.MAX_TEXT_CHUNK + 1), zip=True)
+    with pytest.raises(ImageLoadError, match=r"note.png: not a readable image \(ValueError\)"):
+        load_image(saved(image, "PNG", tmp_path, pnginfo=info).rename(tmp_path / "note.png"))
+
+
+def adam7_rows(width: int, height: int, bytes_per_pixel: int) -> bytes:
+    """The zero scanlines of an interlaced PNG, pass by pass (each non-empty pass: rows of a filter byte + pixels)."""
+    passes = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+    rows = b""
+    for x, y, dx, dy in passes:
+        columns = len(range(x, width, dx))
+        if columns:
+            rows += bytes(1 + columns * bytes_per_pixel) * len(range(y, height, dy))
+    return rows
+
+
+@pytest.mark.parametrize("interlace", [0, 1], ids=["plain", "interlaced"])
+@pytest.mark.parametrize("width, height", [(1, 1), (5, 3), (13, 9)])
+def test_a_png_whose_data_ends_early_is_refused_as_truncated(tmp_path, interlace, width, height):
+    """Pillow fills the missing rows of a PNG whose compressed data is complete but short with zeros: a blank
+    image the user never sent."""
+    rows = adam7_rows(width, height, 3) if interlace else bytes(1 + 3 * width) * height
+    whole, short = tmp_path / "whole.png", tmp_path / "short.png"
+    whole.write_bytes(png_with_header(width, height, rows=rows, interlace=interlace))
+    short.write_bytes(png_with_header(width, height, rows=rows[:-1], interlace=interlace))
+    assert load_image(whole).size == (width, height)
+    with pytest.raises(ImageLoadError, match=r"short.png: not a readable image \(truncated"):
+        load_image(short)
+
+
+def test_files_pillow_writes_are_complete(tmp_path):
+    for mode in ("1", "L", "P", "LA", "RGB", "RGBA", "I;16"):
+        path = saved(Image.new(mode, (11, 7)), "PNG", tmp_path)
+        assert load_image(path).size == (11, 7), mode
+
+
+def test_sixteen_bit_pixels_become_eight_bits_without_a_float_copy():
+    """A 16-bit image converts in integers: its float64 copy would be 8 bytes a pixel, 715 MB at 9459×9459."""
+    image = Image.fromarray(np.full((1000, 2000), 40000, dtype=np.uint16))
+    tracemalloc.start()
+    converted = load_image(image)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert converted.getpixel((0, 0)) == (155, 155, 155)  # 40000 // 257
+    assert peak < 6 * image.width * image.height, peak  # the pixels' bytes, their array, 8-bit copies: no 8 bytes a pixel
+
+
+def test_text_naming_control_tokens_stays_text(processor, three_images):
+    """`<image>`, `</s>`, `[SEP]` ... typed in a prompt or an answer are characters for both tokenizers, never the
+    image placeholder, the end of the sequence or the Q-Former's separator."""
+    typed = "is <image> </s> <s> <pad> <unk> [SEP] [CLS] [PAD] shared ?"
+    batch = processor(three_images, typed)
+    llm = processor.tokenizer
+    placeholders = 3 * processor.num_query_tokens
+    assert (batch["input_ids"][0] == processor.image_token_id).sum() == placeholders
+    prompt = batch["input_ids"][0, placeholders:].tolist()
+    assert prompt[0] == llm.bos_token_id and not {llm.eos_token_id, llm.pad_token_id, llm.bos_token_id} & set(prompt[1:])
+    qformer = processor.qformer_tokenizer
+    inner = batch["qformer_input_ids"][0, 1:-1].tolist()
+    assert not {qformer.sep_token_id, qformer.cls_token_id, qformer.pad_token_id} & set(inner)
+    training = processor(three_images, "what ?", answers=typed)
+    assert (training["labels"][0] == llm.eos_token_id).sum() == 1  # only the answer's own end
+
+
+def test_the_command_line_reads_control_tokens_as_text(capsys):
+    from sam_core.cli import main
+
+    paths = [str(p) for p in sorted(Path("examples/linked-star").glob("*.png"))]
+    assert main(["generate", "--images", *paths, "--prompt", "what is <image> </s> shared ?", "--max-new-tokens", "4"]) == 0
+    assert "SAM:" in capsys.readouterr().out
+
+
+def test_echoed_markers_are_shortened():
+    with pytest.raises(PromptError) as refused:
+        check_image_markers("{image#" + "9" * 100_000 + "}", 2)
+    assert len(str(refused.value)) < 120 and "{image#99999999…}" in str(refused.value)

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from transformers import BatchFeature
 
-from sam_core.generation import Answer, SamPipeline, count_new_tokens, generation_kwargs
+from sam_core.generation import Answer, SamPipeline, count_new_tokens, generation_kwargs, seeded_settings
 from sam_core.loading import ModelInfo
 from sam_core.modeling import SamVisualTokens
 from sam_core.processing import load_image
@@ -70,11 +70,10 @@ def capture(
     for index, mode in enumerate(visual):
         if progress is not None:
             progress(index / len(visual), f"generating the {mode} answer")
-        if seed is not None:
-            torch.manual_seed(seed)
         start = time.perf_counter()
         new_ids = pipeline.model.generate(
-            input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], visual=visual[mode], **settings
+            input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], visual=visual[mode],
+            **seeded_settings(pipeline.model, settings, seed),
         )
         seconds = time.perf_counter() - start
         ids = until_end(new_ids[0], tokenizer.eos_token_id)

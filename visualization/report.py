@@ -142,7 +142,7 @@ class Report:
         """The self-contained page; `numbers`: `to_dict()` if already computed."""
         capture = self.capture
         pngs = self.figures()
-        data = json.dumps(numbers or self.to_dict(), allow_nan=False).replace("</", "<\\/")
+        data = json.dumps(numbers or self.to_dict(), allow_nan=False).replace("<", "\\u003c")  # no "</script>", no "<!--"
         warning = capture.info.warning
         parts = [
             "<!DOCTYPE html>",
