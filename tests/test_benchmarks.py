@@ -67,3 +67,22 @@ def test_end_to_end_benchmark_measures_both_modes_on_the_embedded_default():
         torch.set_num_threads(threads)
     assert 0 < row["sam_ttft"] < row["sam_total"] and 0 < row["baseline_ttft"] < row["baseline_total"]
     assert row["compare_total"] > row["compare_ttft"] > 0 and row["peak_rss_mb"] >= row["rss_loaded_mb"] > 0
+
+
+def test_quantization_benchmark_pairs_the_precisions_on_the_same_samples():
+    from benchmarks.quantization import memory, score_rows, score_table
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)  # as the benchmark runs (and the app serves the embedded model)
+        rows = score_rows(None, size=6, decoys=True)
+        used = memory(None, "nf4", 1, decoys=True)
+    finally:
+        torch.set_num_threads(threads)
+    assert {(r["task"], r["mode"]) for r in rows} <= {(t, m) for t in ("group", "story", "question") for m in ("sam", "baseline")}
+    assert sum(r["n"] for r in rows) == 2 * 6 and all(0 <= r["identical"] <= r["n"] for r in rows)
+    for r in rows:
+        low, high = r["difference_ci"]
+        assert low <= r["difference"] <= high and r["difference"] == r["accuracy_nf4"] - r["accuracy_fp32"]
+    assert score_table(rows).count("\n") == len(rows) + 1
+    assert used["precision_in_use"].startswith("4-bit NF4") and used["peak_rss_mb"] >= used["rss_loaded_mb"] > 0
