@@ -231,6 +231,7 @@ def main(argv=None) -> None:
                         help="MiniLINK: this many objects per image (1: only the linked object, a read-out check)")
     parser.add_argument("--decoys", action="store_true", help="MiniLINK: a decoy colour and a decoy shape in every image")
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    parser.add_argument("--adapter", default=None, help="SAM adapter weights for every --model: a file or a Hub reference")
     parser.add_argument("--quantization", choices=QUANTIZATIONS, default="auto",
                         help="auto: 4-bit NF4 language model where bitsandbytes runs it (as the app); none: full precision")
     parser.add_argument("--preset", default="greedy")
@@ -247,7 +248,7 @@ def main(argv=None) -> None:
     all_rows, all_predictions, attention = [], {}, {}
     for spec in args.model:
         label, _, path = (spec or "embedded").rpartition("=") if spec and "=" in spec else ("", "", spec)
-        loaded = load_sam(path, quantization=args.quantization)
+        loaded = load_sam(path, args.adapter, quantization=args.quantization)
         precision = loaded.info.precision
         for num_images in args.num_images or [None]:
             dataset = only_tasks(open_eval_dataset(args.data, args.size, num_images, args.objects, args.decoys), args.tasks)

@@ -3,26 +3,22 @@ comparison, the analysis with its attention capture, training SAM's adapter, and
 are never written back."""
 
 import hashlib
+import json
+from pathlib import Path
 
 import bitsandbytes as bnb
+import httpx
 import numpy as np
 import pytest
 import torch
+from gradio_client import Client, handle_file
 
 from sam_core.generation import SamPipeline
 from sam_core.loading import EMBEDDED_DEFAULT, load_sam, save_adapter
 from sam_core.train import TrainConfig, train, trainable_names
 from visualization import explain
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread, as the app serves the embedded model: with the other core busy, two threads make these
-    small models many times slower (docs/benchmarks.md)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -104,3 +100,14 @@ def test_a_4bit_load_after_forward_passes_equals_a_fresh_one(tiny_checkpoint, th
         SamPipeline(first).generate(three_images, "what is shared ?", max_new_tokens=3)
         assert torch.equal(first.model(**inputs).logits, logits)
         assert torch.equal(load_sam(str(tiny_checkpoint), quantization="4bit").model(**inputs).logits, logits)
+
+
+def test_the_app_serves_the_embedded_model_in_4bit_and_says_so(app_url):
+    """`python app.py` with no configuration: NF4 on this CPU, on the page and in the API's model info."""
+    page = httpx.get(app_url + "config", timeout=30).json()
+    model_lines = [c["props"]["value"] for c in page["components"] if str(c.get("props", {}).get("value", "")).startswith("**Model:**")]
+    assert len(model_lines) == 1 and "**precision:** 4-bit NF4 language model, float32 elsewhere · **weights:**" in model_lines[0]
+    assert "**SAM adapter:** in the checkpoint" in model_lines[0]
+    files = [handle_file(str(Path(__file__).resolve().parent.parent / "examples" / "linked-star" / f"{i}.png")) for i in (1, 2, 3)]
+    details = json.loads(Client(app_url, verbose=False).predict(files, "Group captioning", "", "", "greedy", 4, 0, api_name="/compare")[2])
+    assert details["model"]["quantization"] == "4bit" and details["model"]["precision_note"] is None
