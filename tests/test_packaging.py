@@ -4,6 +4,7 @@ installs only the project (--no-deps --no-index --no-build-isolation)."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,12 +20,9 @@ def run(command: list, cwd: Path, **kwargs) -> subprocess.CompletedProcess:
 
 
 def test_pip_install_gives_the_library_its_model_and_commands_in_any_directory(tmp_path):
-    source = tmp_path / "checkout"  # a copy of the checkout: pip builds in the source tree
-    files = run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], REPO).stdout.split("\0")
-    for name in filter(None, files):
-        if (REPO / name).is_file():
-            (source / name).parent.mkdir(parents=True, exist_ok=True)
-            (source / name).write_bytes((REPO / name).read_bytes())
+    source = tmp_path / "checkout"  # a copy of the checkout without local runs: pip builds in the source tree
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
+        ".git", "__pycache__", ".pytest_cache", ".gradio", "runs", "artifacts", "build", "*.egg-info", "venv", ".venv"))
     venv = tmp_path / "venv"
     run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", venv], tmp_path)
     python = venv / "bin" / "python"
