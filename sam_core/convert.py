@@ -110,8 +110,12 @@ def read_lavis_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
 def convert_checkpoint(source: str | Path, destination: str | Path) -> dict[str, torch.Tensor]:
     """Read a LAVIS .pth, write our keys to a .safetensors adapter/override file; returns the converted dict."""
     converted = convert_state_dict(read_lavis_checkpoint(source))
-    save_file({k: v.contiguous() for k, v in converted.items()}, str(destination), metadata={"format": "pt"})
+    save_converted(converted, destination)
     return converted
+
+
+def save_converted(converted: dict[str, torch.Tensor], destination: str | Path) -> None:
+    save_file({k: v.contiguous() for k, v in converted.items()}, str(destination), metadata={"format": "pt"})
 
 
 def write_upload_folder(source: str | Path, folder: str | Path, base_model: str, command: str) -> dict[str, torch.Tensor]:
@@ -120,8 +124,9 @@ def write_upload_folder(source: str | Path, folder: str | Path, base_model: str,
     folder = Path(folder)
     if folder.exists() and any(folder.iterdir()):
         raise ConversionError(f"{folder.name}: the folder exists and is not empty")
+    converted = convert_state_dict(read_lavis_checkpoint(source))  # a bad checkpoint fails before anything is written
     folder.mkdir(parents=True, exist_ok=True)
-    converted = convert_checkpoint(source, folder / ADAPTER_FILENAME)
+    save_converted(converted, folder / ADAPTER_FILENAME)
     (folder / "README.md").write_text(model_card(Path(source), converted, base_model, command))
     return converted
 

@@ -124,3 +124,5 @@ def test_convert_writes_a_folder_ready_to_upload_with_a_model_card(tmp_path, mak
     loaded = load_sam(str(tiny_checkpoint), adapter=tmp_path / "upload" / "sam_adapter.safetensors")
     assert torch.equal(loaded.model.guidance.image_to_context.weight, model.guidance.image_to_context.weight)
     assert main(["convert", str(tmp_path / "sam_lavis.pth"), str(tmp_path / "upload")]) == 2  # never overwrites
+    assert main(["convert", str(tmp_path / "absent.pth"), str(tmp_path / "nothing")]) == 2
+    assert not (tmp_path / "nothing").exists()  # a failed conversion leaves no folder behind
