@@ -149,9 +149,12 @@ class SamService:
     def info(self) -> dict:
         if self.loaded is None:
             return {"name": self.settings.model, "source": "hub", "quantization": self.settings.quantization,
-                    "device": "GPU (attached per request)", "dtype": "float16", "adapter": self.settings.adapter,
+                    "device": "GPU (attached per request)", "dtype": "float16",
+                    "adapter": public_text(self.settings.adapter) if self.settings.adapter else None,
                     "context": "?", "exchange_layer": "?", "num_query_tokens": "?",
-                    "guidance_identity": self.settings.adapter is None, "warning": None}
+                    "guidance_identity": self.settings.adapter is None, "precision_note": None, "weights_mb": None,
+                    "adapter_tensors": {}, "precision": f"{self.settings.quantization} (loaded with the first request)",
+                    "warning": None}
         info = self.loaded.info.to_dict()
         return {**info, "name": public_text(str(info["name"]))}
 

@@ -39,14 +39,15 @@ CSS = """
 
 def model_markdown(service: SamService) -> str:
     info = service.info
+    weights = f" · **weights:** {info['weights_mb']:.1f} MB" if info["weights_mb"] is not None else ""
     lines = [
-        f"**Model:** {info['name']} ({info['source']}) · **quantization:** {info['quantization']} · "
-        f"**device:** {info['device']} · **dtype:** {info['dtype']}",
-        f"**SAM adapter:** {'loaded' if not info['guidance_identity'] else 'none (guidance is the identity)'} · "
+        f"**Model:** {info['name']} ({info['source']}) · **precision:** {info['precision']}{weights} · "
+        f"**device:** {info['device']}",
+        f"**SAM adapter:** {info['adapter'] or 'none (guidance is the identity)'} · "
         f"**context:** {info['context']} · **exchange layer:** {info['exchange_layer']} · "
         f"**tokens per image:** {info['num_query_tokens']}",
     ]
-    return "\n\n".join(lines)
+    return "\n\n".join(lines + [note for note in [info["precision_note"]] if note])
 
 
 def banner_markdown(service: SamService) -> str:

@@ -1,7 +1,7 @@
 """Every benchmark, one markdown table per scenario: `python -m benchmarks [--quick] [--only NAME ...]`.
 
-Each scenario is also a command of its own (`python -m benchmarks.NAME --help`). The full-size GPU run needs a
-GPU and is skipped without one; its last measured table lives in docs/benchmarks.md.
+Each scenario is also a command of its own (`python -m benchmarks.NAME --help`). The full-size GPU runs need a
+GPU and are skipped without one; their last measured tables live in docs/benchmarks.md.
 """
 
 import argparse
@@ -10,16 +10,19 @@ import platform
 import psutil
 import torch
 
-from . import analysis, app_latency, end_to_end, extraction, gpu, memory
+from . import analysis, app_latency, end_to_end, extraction, gpu, gpu_check, memory, quantization
 
 SCENARIOS = {
     "extraction": ("Extraction at the full Q-Former shape", extraction.main, ["--repeats", "5"], ["--repeats", "2"]),
     "end_to_end": ("End to end on the embedded default", end_to_end.main, ["--repeats", "10"], ["--repeats", "3"]),
+    "quantization": ("4-bit NF4 on the embedded model", quantization.main, [], ["--size", "60", "--repeats", "2"]),
     "analysis": ("Analysis views, as multiples of one SAM generation", analysis.main, ["--repeats", "5"], ["--repeats", "2"]),
     "app_latency": ("App: request to both answers through gradio_client", app_latency.main, ["--repeats", "10"], ["--repeats", "3"]),
     "memory": ("Memory model of the full model (GPU)", memory.main, ["--check", "docs/gpu_h100.json"], ["--images", "1", "8"]),
     "gpu": ("Full size on a GPU", gpu.main, [], ["--images", "4", "--new-tokens", "8", "--repeats", "1"]),
+    "gpu_check": ("The Space path on a GPU", gpu_check.main, [], ["--new-tokens", "8"]),
 }
+GPU_ONLY = ("gpu", "gpu_check")
 
 
 def main(argv=None) -> None:
@@ -33,7 +36,7 @@ def main(argv=None) -> None:
     for name in args.only:
         title, run, full, quick = SCENARIOS[name]
         print(f"\n## {title}\n", flush=True)
-        if name == "gpu" and not torch.cuda.is_available():
+        if name in GPU_ONLY and not torch.cuda.is_available():
             print("No GPU on this machine: skipped (see docs/benchmarks.md for the last full-size run).")
             continue
         run(quick if args.quick else full)

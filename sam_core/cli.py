@@ -7,9 +7,9 @@ from pathlib import Path
 
 import torch
 
-from .convert import ConversionError, convert_checkpoint
+from .convert import ConversionError, convert_checkpoint, write_upload_folder
 from .generation import GENERATION_PRESETS, MODES, SamPipeline
-from .loading import IDENTITY_WARNING, QUANTIZATIONS, SamLoadError, load_sam
+from .loading import ADAPTER_FILENAME, PRESETS, QUANTIZATIONS, ModelInfo, SamLoadError, load_sam
 from .processing import ImageLoadError, PromptError, group_caption_prompt, load_image, question_prompt, storytelling_prompt
 
 TASKS = ("group", "story")
@@ -17,8 +17,11 @@ TASKS = ("group", "story")
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="embedded (default), a local checkpoint directory, a preset or a hub id")
-    parser.add_argument("--adapter", default=None, help="SAM adapter weights (.safetensors)")
-    parser.add_argument("--quantization", choices=QUANTIZATIONS, default="auto")
+    parser.add_argument("--adapter", default=None,
+                        help=f"SAM adapter weights: a .safetensors file or a Hub reference owner/name[@revision][:file] "
+                             f"(file default {ADAPTER_FILENAME})")
+    parser.add_argument("--quantization", choices=QUANTIZATIONS, default="auto",
+                        help="auto (default): 4-bit NF4 language model wherever bitsandbytes runs it, else full precision")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--context", choices=("all", "others"), default=None, help="override the checkpoint's context mode")
 
@@ -49,7 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     convert = commands.add_parser("convert", help="convert the authors' LAVIS .pth into our safetensors")
     convert.add_argument("source", help="LAVIS checkpoint (.pth)")
-    convert.add_argument("destination", help="output .safetensors")
+    convert.add_argument("destination", help=f"a .safetensors file, or a folder to create for `hf upload` "
+                                             f"({ADAPTER_FILENAME} and a model card)")
+    convert.add_argument("--base-model", default=PRESETS["instructblip-vicuna-7b"],
+                         help="the base model the model card names (the authors': %(default)s)")
 
     info = commands.add_parser("info", help="describe the model that would be loaded")
     add_model_arguments(info)
@@ -91,17 +97,38 @@ def run_generate(args) -> int:
     if args.json:
         print(json.dumps({"model": loaded.info.to_dict(), "prompt": prompt, "images": [Path(p).name for p in args.images], **result.to_dict()}, indent=2))
         return 0
-    if loaded.info.guidance_identity:
-        print(f"note: {IDENTITY_WARNING}", file=sys.stderr)
+    print_notes(loaded.info)
     for mode, answer in result.answers.items():
         label = "SAM" if mode == "sam" else "baseline"
         print(f"{label:>8}: {answer.text}")
     return 0
 
 
+def print_notes(info: ModelInfo) -> None:
+    """Why the model runs in full precision, and whether guidance is the identity (stderr, one line each)."""
+    for note in (info.precision_note, info.warning):
+        if note:
+            print(f"note: {note}", file=sys.stderr)
+
+
 def run_info(args) -> int:
     loaded = load_sam(args.model, args.adapter, args.quantization, args.device, context=args.context)
     print(json.dumps(loaded.info.to_dict(), indent=2))
+    return 0
+
+
+def run_convert(args) -> int:
+    destination = Path(args.destination)
+    if destination.suffix == ".safetensors":
+        converted = convert_checkpoint(args.source, destination)
+        print(f"wrote {len(converted)} tensors to {destination}")
+        return 0
+    command = f"python -m sam_core convert {Path(args.source).name} {destination.name}"
+    if args.base_model != PRESETS["instructblip-vicuna-7b"]:
+        command += f" --base-model {args.base_model}"
+    converted = write_upload_folder(args.source, destination, args.base_model, command)
+    print(f"wrote {len(converted)} tensors and a model card to {destination}/; upload with "
+          f"`hf upload OWNER/REPO {destination}` and use it as --adapter OWNER/REPO")
     return 0
 
 
@@ -111,9 +138,7 @@ def main(argv=None) -> int:
         if args.command == "generate":
             return run_generate(args)
         if args.command == "convert":
-            converted = convert_checkpoint(args.source, args.destination)
-            print(f"wrote {len(converted)} tensors to {args.destination}")
-            return 0
+            return run_convert(args)
         return run_info(args)
     except (SamLoadError, ImageLoadError, ConversionError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)

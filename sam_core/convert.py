@@ -2,13 +2,18 @@
 
 The .pth is read with `torch.load(weights_only=True)`, which never unpickles arbitrary objects. Every key must
 map to a parameter of `SamForConditionalGeneration`; unknown keys are an error, not silently dropped.
+The result is one .safetensors file, or a folder ready for `hf upload`: the file plus a model card that names
+the source checkpoint (with its SHA-256) and the command that made it.
 """
 
+import hashlib
 import re
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
+
+from .loading import ADAPTER_FILENAME, adapter_summary
 
 # (LAVIS pattern, our pattern), applied in order; groups carry layer indices and parameter names.
 KEY_RULES = [
@@ -105,5 +110,65 @@ def read_lavis_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
 def convert_checkpoint(source: str | Path, destination: str | Path) -> dict[str, torch.Tensor]:
     """Read a LAVIS .pth, write our keys to a .safetensors adapter/override file; returns the converted dict."""
     converted = convert_state_dict(read_lavis_checkpoint(source))
-    save_file({k: v.contiguous() for k, v in converted.items()}, str(destination), metadata={"format": "pt"})
+    save_converted(converted, destination)
     return converted
+
+
+def save_converted(converted: dict[str, torch.Tensor], destination: str | Path) -> None:
+    save_file({k: v.contiguous() for k, v in converted.items()}, str(destination), metadata={"format": "pt"})
+
+
+def write_upload_folder(source: str | Path, folder: str | Path, base_model: str, command: str) -> dict[str, torch.Tensor]:
+    """Convert into `folder`/sam_adapter.safetensors and write `folder`/README.md, a model card naming the
+    source checkpoint, its SHA-256, the base model and `command`; the folder is what `hf upload` sends."""
+    folder = Path(folder)
+    if folder.exists() and any(folder.iterdir()):
+        raise ConversionError(f"{folder.name}: the folder exists and is not empty")
+    converted = convert_state_dict(read_lavis_checkpoint(source))  # a bad checkpoint fails before anything is written
+    folder.mkdir(parents=True, exist_ok=True)
+    save_converted(converted, folder / ADAPTER_FILENAME)
+    (folder / "README.md").write_text(model_card(Path(source), converted, base_model, command))
+    return converted
+
+
+def model_card(source: Path, converted: dict[str, torch.Tensor], base_model: str, command: str) -> str:
+    digest = hashlib.sha256()
+    with open(source, "rb") as handle:
+        for block in iter(lambda: handle.read(2**20), b""):
+            digest.update(block)
+    tensors = "\n".join(f"| `{group}` | {count} |" for group, count in sorted(adapter_summary(sorted(converted)).items()))
+    parameters = sum(t.numel() for t in converted.values())
+    return f"""---
+base_model: {base_model}
+tags:
+- sam-studio
+- instructblip
+- multi-image
+---
+
+# SAM adapter weights for {base_model}
+
+SAM's weights (*Semantic Alignment for Multimodal Large Language Models*, Wu, Li et al., ACM MM 2024,
+[arXiv 2408.12867](https://arxiv.org/abs/2408.12867)): the guidance layers and whatever base-model weights the
+checkpoint overrides, in SAM studio's names, converted from a LAVIS-format checkpoint of the authors' code
+([McCartney01/SAM](https://github.com/McCartney01/SAM)).
+
+- Source checkpoint: `{source.name}` (SHA-256 `{digest.hexdigest()}`)
+- Converted with: `{command}`
+- {len(converted)} tensors, {parameters:,} parameters:
+
+| module | tensors |
+|---|---|
+{tensors}
+
+Use it in SAM studio (the file is found by its default name, `sam_adapter.safetensors`):
+
+```bash
+python -m sam_core info --model {base_model} --adapter OWNER/THIS_REPO
+SAM_MODEL={base_model} SAM_ADAPTER=OWNER/THIS_REPO python app.py
+```
+
+Licence: these are the SAM authors' weights in another file format, and their terms apply (their repository
+states none); so do the base model's ({base_model}; the InstructBLIP-Vicuna models are for research use under
+the terms of LLaMA and Vicuna v1.1, which are non-commercial).
+"""

@@ -24,7 +24,7 @@ from .data import (
     read_items,
 )
 from .generation import generation_kwargs
-from .loading import LoadedSam, load_sam
+from .loading import QUANTIZATIONS, LoadedSam, load_sam
 from .metrics import bootstrap_interval, normalize_answer, paired_bootstrap_ratio, score_captions
 from .train import batch_indices
 
@@ -231,6 +231,9 @@ def main(argv=None) -> None:
                         help="MiniLINK: this many objects per image (1: only the linked object, a read-out check)")
     parser.add_argument("--decoys", action="store_true", help="MiniLINK: a decoy colour and a decoy shape in every image")
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    parser.add_argument("--adapter", default=None, help="SAM adapter weights for every --model: a file or a Hub reference")
+    parser.add_argument("--quantization", choices=QUANTIZATIONS, default="auto",
+                        help="auto: 4-bit NF4 language model where bitsandbytes runs it (as the app); none: full precision")
     parser.add_argument("--preset", default="greedy")
     parser.add_argument("--max-new-tokens", type=int, default=24)
     parser.add_argument("--batch-size", type=int, default=16)
@@ -245,7 +248,8 @@ def main(argv=None) -> None:
     all_rows, all_predictions, attention = [], {}, {}
     for spec in args.model:
         label, _, path = (spec or "embedded").rpartition("=") if spec and "=" in spec else ("", "", spec)
-        loaded = load_sam(path)
+        loaded = load_sam(path, args.adapter, quantization=args.quantization)
+        precision = loaded.info.precision
         for num_images in args.num_images or [None]:
             dataset = only_tasks(open_eval_dataset(args.data, args.size, num_images, args.objects, args.decoys), args.tasks)
             start = time.perf_counter()
@@ -270,7 +274,7 @@ def main(argv=None) -> None:
     if attention:
         (out / "linked_attention.json").write_text(json.dumps(attention, indent=1))
     command = "python -m sam_core.evaluate " + " ".join(argv if argv is not None else sys.argv[1:])
-    (out / "results.md").write_text(f"{table}\n\nMade by `{command}` (decoding: {args.preset}, max {args.max_new_tokens} new tokens).\n")
+    (out / "results.md").write_text(f"{table}\n\nMade by `{command}` (decoding: {args.preset}, max {args.max_new_tokens} new tokens; {precision}).\n")
     plot(all_rows, out / "results.png")
     print(table)
 

@@ -1,7 +1,12 @@
-"""Loading SAM: the embedded default, local checkpoints, the full hub model (4-bit/8-bit), adapter weights."""
+"""Loading SAM: the embedded default, local checkpoints, the full hub model, 4-bit/8-bit quantisation, and SAM
+adapter weights from a file or the Hugging Face Hub."""
 
+import functools
+import logging
 import os
-from dataclasses import asdict, dataclass
+import re
+from collections import Counter
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -12,8 +17,13 @@ from transformers import BitsAndBytesConfig
 from .modeling import SamForConditionalGeneration
 from .processing import SamProcessor, quiet_transformers
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-EMBEDDED_DEFAULT = REPO_ROOT / "checkpoints" / "minilink"
+PACKAGE_DIR = Path(__file__).resolve().parent
+REPO_ROOT = PACKAGE_DIR.parent
+# A checkout keeps the embedded checkpoint at the repository root; `pip install .` puts it inside the package.
+EMBEDDED_DEFAULT = next(
+    (path for path in (PACKAGE_DIR / "checkpoints" / "minilink", REPO_ROOT / "checkpoints" / "minilink") if path.is_dir()),
+    REPO_ROOT / "checkpoints" / "minilink",
+)
 EMBEDDED_NAME = "embedded"
 
 # Named presets: the base model on the hub plus (optionally) converted SAM adapter weights.
@@ -26,10 +36,18 @@ QUANTIZATIONS = ("auto", "4bit", "8bit", "none")
 # Kept in 16/32 bit under bitsandbytes: everything but the language model (DESIGN.md §2).
 NOT_QUANTIZED = ["vision_model", "qformer", "query_tokens", "language_projection", "guidance", "lm_head"]
 ADAPTER_PREFIX = "guidance."
+ADAPTER_FILENAME = "sam_adapter.safetensors"  # what `convert` writes into an upload folder; a Hub reference's default
+ADAPTER_IN_CHECKPOINT = "in the checkpoint"
 IDENTITY_WARNING = (
     "No SAM adapter weights are loaded: the exchange layers are zero, so guidance is the identity and "
     "SAM's answer equals the baseline's."
 )
+# `owner/name`, optionally `@revision` (branch, tag or commit) and `:filename` (default ADAPTER_FILENAME).
+HUB_ADAPTER = re.compile(r"(?P<repo>[\w.-]+/[\w.-]+)(?:@(?P<revision>[^:@\s]+))?(?::(?P<filename>[^:\s]+))?")
+
+# bitsandbytes logs at import, on CPUs with AVX512-BF16, that an optional Hub kernel package is missing; it then
+# uses its own kernels. The advice (download a kernel from the Hub) is not one an offline app should print.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
 class SamLoadError(RuntimeError):
@@ -42,21 +60,33 @@ class ModelInfo:
 
     name: str
     source: str
-    quantization: str
+    quantization: str  # what is in use: "4bit", "8bit" or "none" ("auto" resolved)
     device: str
-    dtype: str
-    adapter: str | None
+    dtype: str  # of everything not quantised, and the 4-bit layers' compute dtype
+    adapter: str | None  # where SAM's adapter comes from: a file name, a Hub reference, ADAPTER_IN_CHECKPOINT, None
     context: str
     exchange_layer: int
     num_query_tokens: int
     guidance_identity: bool
+    precision_note: str | None = None  # why the model runs in full precision where 4-bit was possible or asked
+    weights_mb: float | None = None  # the weights' memory as loaded (4-bit layers: packed weights + statistics)
+    adapter_tensors: dict[str, int] = field(default_factory=dict)  # tensors the adapter file set, per module
 
     @property
     def warning(self) -> str | None:
         return IDENTITY_WARNING if self.guidance_identity else None
 
+    @property
+    def precision(self) -> str:
+        """In words, e.g. "4-bit NF4 language model, float32 elsewhere"."""
+        if self.quantization == "4bit":
+            return f"4-bit NF4 language model, {self.dtype} elsewhere"
+        if self.quantization == "8bit":
+            return f"8-bit (LLM.int8) language model, {self.dtype} elsewhere"
+        return f"{self.dtype} throughout"
+
     def to_dict(self) -> dict:
-        return {**asdict(self), "warning": self.warning}
+        return {**asdict(self), "precision": self.precision, "warning": self.warning}
 
 
 @dataclass
@@ -85,6 +115,44 @@ def pick_device(device: str) -> str:
     return device
 
 
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+
+
+@functools.cache
+def four_bit_unavailable(device: str) -> str | None:
+    """None where bitsandbytes runs NF4 on `device`, else why not (one line). Checked by quantising and running
+    one small 4-bit layer there: an installed bitsandbytes without a backend for this device fails here, not
+    halfway through loading a model."""
+    try:
+        import bitsandbytes as bnb
+
+        layer = bnb.nn.Linear4bit(64, 8, bias=False, compute_dtype=torch.float32, quant_type="nf4").to(device)
+        with torch.no_grad():
+            layer(torch.ones(2, 64, device=device))
+    except Exception as error:  # ImportError, a missing native library, an unsupported device: all mean no 4-bit
+        reason = str(error).strip().splitlines()[0][:160] if str(error).strip() else ""
+        return f"bitsandbytes cannot run 4-bit on {device} ({error.__class__.__name__}{': ' + reason if reason else ''})"
+    return None
+
+
+def resolve_quantization(quantization: str, device: str) -> tuple[str, str | None]:
+    """`auto` → 4-bit NF4 wherever bitsandbytes runs it (CPU and GPU), else full precision; returns the
+    quantisation in use and, when that is full precision, a one-line note saying why."""
+    if quantization not in QUANTIZATIONS:
+        raise SamLoadError(f"quantization must be one of {QUANTIZATIONS}, got {quantization!r}")
+    if quantization == "none":
+        return "none", "Full precision: quantization is set to none (SAM_QUANTIZATION / --quantization)."
+    if quantization == "auto":
+        reason = four_bit_unavailable(device)
+        if reason is not None:
+            return "none", f"Full precision: {reason}."
+        return "4bit", None
+    if quantization == "4bit" and (reason := four_bit_unavailable(device)) is not None:
+        raise SamLoadError(f"--quantization 4bit: {reason}; use auto or none")
+    return quantization, None
+
+
 def quantization_config(quantization: str, dtype: torch.dtype) -> BitsAndBytesConfig | None:
     if quantization == "4bit":
         return BitsAndBytesConfig(
@@ -99,6 +167,33 @@ def quantization_config(quantization: str, dtype: torch.dtype) -> BitsAndBytesCo
     return None
 
 
+def keep_cpu_4bit_layout(model: torch.nn.Module) -> int:
+    """Keep every 4-bit layer in bitsandbytes' standard layout on CPU; returns how many layers that concerns.
+
+    On CPUs with AVX512-BF16, bitsandbytes 0.50 re-packs a 4-bit layer's weights at its first inference
+    forward and from then on multiplies in bfloat16 through a kernel without a backward: answers then depend on
+    the CPU model, gradients through the layer are silently dropped (training after generation), and the
+    re-packed weights are what a later save would write. The standard layout dequantises to the compute dtype
+    (float32 here) on every CPU alike."""
+    layers = [m for m in model.modules() if hasattr(m, "support_avx512bf16_for_cpu")]
+    for layer in layers:
+        layer.support_avx512bf16_for_cpu = False
+    return len(layers)
+
+
+def weight_bytes(model: torch.nn.Module) -> int:
+    """Memory of the weights as loaded: parameters and buffers at their storage size; a 4-bit weight is its
+    packed bytes plus its quantisation statistics (absmax per block, double-quantised)."""
+    total = 0
+    for tensor in [*model.parameters(), *model.buffers()]:
+        total += tensor.numel() * tensor.element_size()
+        state = getattr(tensor, "quant_state", None)
+        while state is not None:
+            total += sum(t.numel() * t.element_size() for t in (state.absmax, state.code, state.offset) if torch.is_tensor(t))
+            state = state.state2
+    return total
+
+
 def load_sam(
     model: str | None = None,
     adapter: str | Path | None = None,
@@ -108,23 +203,21 @@ def load_sam(
     context: str | None = None,
     exchange_layer: int | None = None,
 ) -> LoadedSam:
-    """Load SAM + processor from the embedded default (None), a local directory, a preset or a hub id.
+    """Load SAM + processor from the embedded default (None), a local directory, a preset or a hub id, and
+    optionally SAM adapter weights from a file or a Hub reference (`resolve_adapter`).
 
-    quantization "auto" means 4-bit NF4 for hub models on a GPU and none otherwise. Quantisation always
-    happens on load from the full-precision checkpoint (a 4-bit model saved after a CPU forward pass reloads
-    in a re-ordered layout, so we never save quantized weights).
+    quantization "auto" means 4-bit NF4 for the language model wherever bitsandbytes can run it (CPU or GPU),
+    full precision elsewhere (`info.precision_note` says why). Quantisation always happens on load from the
+    full-precision checkpoint: we never save quantised weights.
     """
-    if quantization not in QUANTIZATIONS:
-        raise SamLoadError(f"quantization must be one of {QUANTIZATIONS}, got {quantization!r}")
     location, source = resolve_model(model)
     device = pick_device(device)
-    if quantization == "auto":
-        quantization = "4bit" if source == "hub" and device.startswith("cuda") else "none"
+    quantization, precision_note = resolve_quantization(quantization, device)
     if dtype is None:
         dtype = torch.float16 if device.startswith("cuda") else torch.float32
+    adapter_path, adapter_label = resolve_adapter(adapter) if adapter is not None else (None, None)
     config_overrides = {k: v for k, v in {"context": context, "exchange_layer": exchange_layer}.items() if v is not None}
-    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
-    kwargs = {"dtype": dtype, "local_files_only": offline or source != "hub", **config_overrides}
+    kwargs = {"dtype": dtype, "local_files_only": hub_offline() or source != "hub", **config_overrides}
     quant = quantization_config(quantization, dtype)
     if quant is not None:
         kwargs["quantization_config"] = quant
@@ -139,20 +232,25 @@ def load_sam(
         raise SamLoadError(f"Could not load the model in {location}: its weights are not a readable safetensors file ({error})") from None
     if quant is None:
         sam.to(device)
-    if adapter is not None:
-        load_adapter(sam, adapter)
+    else:
+        keep_cpu_4bit_layout(sam)
+    adapter_keys = load_adapter(sam, adapter_path, adapter_label) if adapter_path is not None else []
     sam.eval()
+    identity = sam.guidance_is_identity
     info = ModelInfo(
         name=model or EMBEDDED_NAME,
         source=source,
         quantization=quantization,
         device=device,
         dtype=str(dtype).removeprefix("torch."),
-        adapter=Path(adapter).name if adapter is not None else None,
+        adapter=adapter_label if adapter_label is not None else (None if identity else ADAPTER_IN_CHECKPOINT),
         context=sam.config.context,
         exchange_layer=sam.config.exchange_layer,
         num_query_tokens=sam.config.num_query_tokens,
-        guidance_identity=sam.guidance_is_identity,
+        guidance_identity=identity,
+        precision_note=precision_note,
+        weights_mb=round(weight_bytes(sam) / 2**20, 2),
+        adapter_tensors=adapter_summary(adapter_keys),
     )
     return LoadedSam(sam, processor, info)
 
@@ -162,10 +260,61 @@ def missing_weights_message(location: str, source: str, error: Exception) -> str
         return (
             f"Could not load {location!r}: it is not in the local Hugging Face cache and the hub could not be "
             f"reached ({error.__class__.__name__}). On a machine with internet run "
-            f"`huggingface-cli download {location} --local-dir DIR`, copy DIR here and pass --model DIR "
+            f"`hf download {location} --local-dir DIR`, copy DIR here and pass --model DIR "
             f"(or unset HF_HUB_OFFLINE if this machine can reach the hub)."
         )
     return f"Could not load the model in {location}: {str(error).splitlines()[0]}"
+
+
+def resolve_adapter(reference: str | Path) -> tuple[Path, str]:
+    """(a local file, how to name it) for SAM adapter weights given as a local .safetensors file or a Hub
+    reference `owner/name[@revision][:filename]` (filename defaults to sam_adapter.safetensors).
+
+    An existing file wins; a path that ends in .safetensors and names no Hub file (no `:`) is a local file. Hub
+    files come through huggingface_hub's cache (downloaded once, HF_TOKEN for private repositories), and with
+    HF_HUB_OFFLINE=1 only from that cache. Local files are named by their file name only (no server paths)."""
+    text = str(reference)
+    path = Path(text).expanduser()
+    match = HUB_ADAPTER.fullmatch(text)
+    local = path.is_file() or match is None or (":" not in text and path.suffix == ".safetensors")
+    if local:
+        if not path.is_file():
+            raise SamLoadError(f"adapter {path.name}: no such file (nor a Hub reference owner/name[@revision][:file])")
+        return path, path.name
+    repo, revision, filename = match["repo"], match["revision"], match["filename"] or ADAPTER_FILENAME
+    label = f"{repo}{'@' + revision if revision else ''}:{filename}"
+    return Path(download_adapter(repo, filename, revision, label)), label
+
+
+def download_adapter(repo: str, filename: str, revision: str | None, label: str) -> str:
+    """The cached path of one Hub file, or a SamLoadError that says what is missing and what to do."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import (
+        EntryNotFoundError, GatedRepoError, HfHubHTTPError, HFValidationError, LocalEntryNotFoundError,
+        RepositoryNotFoundError, RevisionNotFoundError,
+    )
+
+    get = f"`hf download {repo} {filename}{' --revision ' + revision if revision else ''}`"
+    try:
+        return hf_hub_download(repo, filename, revision=revision, local_files_only=hub_offline())
+    except LocalEntryNotFoundError:
+        reach = "HF_HUB_OFFLINE is set" if hub_offline() else "the Hub could not be reached"
+        raise SamLoadError(
+            f"adapter {label}: not in the local Hugging Face cache and {reach}; run {get} on a machine with "
+            "internet (it fills the cache) or pass the adapter as a local file"
+        ) from None
+    except GatedRepoError:
+        raise SamLoadError(f"adapter {label}: {repo} is gated; accept its terms on the Hub and set HF_TOKEN") from None
+    except RepositoryNotFoundError:
+        raise SamLoadError(f"adapter {label}: no repository {repo} on the Hub (or it is private: set HF_TOKEN)") from None
+    except RevisionNotFoundError:
+        raise SamLoadError(f"adapter {label}: {repo} has no revision {revision!r}") from None
+    except EntryNotFoundError:
+        raise SamLoadError(f"adapter {label}: {repo} has no file {filename!r}") from None
+    except HFValidationError as error:
+        raise SamLoadError(f"adapter {label}: not a valid Hub reference ({str(error).splitlines()[0]})") from None
+    except (HfHubHTTPError, OSError) as error:
+        raise SamLoadError(f"adapter {label}: download failed ({error.__class__.__name__}); try again or run {get}") from None
 
 
 def adapter_state_dict(model: SamForConditionalGeneration) -> dict[str, torch.Tensor]:
@@ -177,25 +326,33 @@ def save_adapter(model: SamForConditionalGeneration, path: str | Path) -> None:
     save_file(adapter_state_dict(model), str(path), metadata={"format": "pt", "context": model.config.context})
 
 
-def load_adapter(model: SamForConditionalGeneration, path: str | Path) -> list[str]:
-    """Load SAM adapter weights (and any overrides of the base weights the file carries) from safetensors.
+def load_adapter(model: SamForConditionalGeneration, path: str | Path, name: str | None = None) -> list[str]:
+    """Load SAM adapter weights (and any overrides of the base weights the file carries) from safetensors;
+    returns the keys loaded. `name` is how messages call the file (default: its file name).
 
-    Every key must name a parameter of the model with the same shape, or nothing is loaded.
+    Every key must name a parameter of the model with the same shape, or nothing is loaded (a quantised layer's
+    packed weights have another shape: overrides of the language model need a full-precision load).
     """
     path = Path(path)
+    name = name or path.name
     try:
         state = load_file(str(path))
     except FileNotFoundError:
-        raise SamLoadError(f"adapter {path.name}: no such file") from None
+        raise SamLoadError(f"adapter {name}: no such file") from None
     except (SafetensorError, OSError) as error:
-        raise SamLoadError(f"adapter {path.name}: not a readable safetensors file ({error})") from None
+        raise SamLoadError(f"adapter {name}: not a readable safetensors file ({error})") from None
     own = model.state_dict()
     unknown = [k for k in state if k not in own]
     mismatched = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in state if k in own and state[k].shape != own[k].shape]
     if unknown or mismatched:
         problems = ([f"unknown keys {unknown[:3]}"] if unknown else []) + ([f"wrong shapes {mismatched[:3]}"] if mismatched else [])
-        raise SamLoadError(f"adapter {path.name} does not fit this model: {'; '.join(problems)}")
+        raise SamLoadError(f"adapter {name} does not fit this model: {'; '.join(problems)}")
     with torch.no_grad():
         for key, tensor in state.items():
             own[key].copy_(tensor.to(own[key].dtype))
     return sorted(state)
+
+
+def adapter_summary(keys: list[str]) -> dict[str, int]:
+    """Tensors loaded per module, two levels deep: {"guidance.patch_scorer": 2, "qformer.encoder": 180, ...}."""
+    return dict(Counter(".".join(key.rsplit(".", 1)[0].split(".")[:2]) for key in keys))

@@ -41,6 +41,16 @@ def make_model(hf_processor):
     return make
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread, as the app serves the embedded model: with the other core busy (a parallel test run, a
+    training job), two threads make these small models many times slower (docs/benchmarks.md)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
     return save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny")

@@ -66,6 +66,14 @@ def test_info_describes_the_embedded_model():
     assert done.returncode == 0, done.stderr
     info = json.loads(done.stdout)
     assert info["context"] == "others" and info["num_query_tokens"] == 1 and info["warning"] is None
+    # one truth with the app: the adapter's source, the precision in use and what the weights take in it
+    assert info["adapter"] == "in the checkpoint" and info["guidance_identity"] is False and info["adapter_tensors"] == {}
+    assert info["precision"] == "4-bit NF4 language model, float32 elsewhere" and 0 < info["weights_mb"] < 20
+
+
+def test_full_precision_is_noted_with_its_reason(capsys):
+    assert main(["generate", "--images", *EXAMPLE, "--task", "group", "--quantization", "none", "--max-new-tokens", "2"]) == 0
+    assert capsys.readouterr().err == "note: Full precision: quantization is set to none (SAM_QUANTIZATION / --quantization).\n"
 
 
 def test_prompt_and_weight_problems_are_one_readable_line(tmp_path, capsys):

@@ -1,3 +1,4 @@
+import hashlib
 import re
 import subprocess
 import sys
@@ -7,8 +8,9 @@ import torch
 from reference import reference_visual_tokens
 from safetensors.torch import load_file
 
+from sam_core.cli import main
 from sam_core.convert import ConversionError, convert_checkpoint, convert_state_dict, read_lavis_checkpoint
-from sam_core.loading import load_adapter
+from sam_core.loading import load_adapter, load_sam
 
 # Our key → the authors' LAVIS key, written out independently of the converter's rules.
 TO_LAVIS = [
@@ -107,3 +109,20 @@ def test_convert_command(tmp_path, make_model):
     )
     assert "wrote 2 tensors" in done.stdout
     assert torch.equal(load_file(tmp_path / "out.safetensors")["guidance.patch_scorer.weight"], model.guidance.patch_scorer.weight)
+
+
+def test_convert_writes_a_folder_ready_to_upload_with_a_model_card(tmp_path, make_model, tiny_checkpoint):
+    model = make_model(active=True)
+    released = {k: v for k, v in to_lavis(model.state_dict()).items() if k.startswith(("attn.", "Qformer.bert.encoder.one", "Qformer.bert.encoder.multiple"))}
+    torch.save({"model": released}, tmp_path / "sam_lavis.pth")
+    assert main(["convert", str(tmp_path / "sam_lavis.pth"), str(tmp_path / "upload")]) == 0
+    assert sorted(p.name for p in (tmp_path / "upload").iterdir()) == ["README.md", "sam_adapter.safetensors"]
+    card = (tmp_path / "upload" / "README.md").read_text()
+    digest = hashlib.sha256((tmp_path / "sam_lavis.pth").read_bytes()).hexdigest()
+    assert f"`sam_lavis.pth` (SHA-256 `{digest}`)" in card and "base_model: Salesforce/instructblip-vicuna-7b" in card
+    assert "`python -m sam_core convert sam_lavis.pth upload`" in card and "| `guidance.patch_scorer` | 2 |" in card
+    loaded = load_sam(str(tiny_checkpoint), adapter=tmp_path / "upload" / "sam_adapter.safetensors")
+    assert torch.equal(loaded.model.guidance.image_to_context.weight, model.guidance.image_to_context.weight)
+    assert main(["convert", str(tmp_path / "sam_lavis.pth"), str(tmp_path / "upload")]) == 2  # never overwrites
+    assert main(["convert", str(tmp_path / "absent.pth"), str(tmp_path / "nothing")]) == 2
+    assert not (tmp_path / "nothing").exists()  # a failed conversion leaves no folder behind

@@ -4,9 +4,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from sam_core.cli import add_input_arguments, add_model_arguments, build_prompt
+from sam_core.cli import add_input_arguments, add_model_arguments, build_prompt, print_notes
 from sam_core.generation import GENERATION_PRESETS, SamPipeline
-from sam_core.loading import IDENTITY_WARNING, SamLoadError, load_sam
+from sam_core.loading import SamLoadError, load_sam
 from sam_core.processing import ImageLoadError, load_image
 
 from .attribution import REFERENCES
@@ -42,8 +42,7 @@ def run_explain(args) -> int:
     if not out.parent.is_dir():
         raise ValueError(f"{out.parent}: no such directory for --out")
     loaded = load_sam(args.model, args.adapter, args.quantization, args.device, context=args.context)
-    if loaded.info.guidance_identity:
-        print(f"note: {IDENTITY_WARNING}", file=sys.stderr)
+    print_notes(loaded.info)
     report = explain(
         SamPipeline(loaded), args.images, prompt, preset=args.preset, max_new_tokens=args.max_new_tokens,
         reference=args.reference, window=args.window, seed=args.seed,

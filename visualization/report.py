@@ -144,13 +144,15 @@ class Report:
         pngs = self.figures()
         data = json.dumps(numbers or self.to_dict(), allow_nan=False).replace("<", "\\u003c")  # no "</script>", no "<!--"
         warning = capture.info.warning
+        weights = f", weights {capture.info.weights_mb:.1f} MB" if capture.info.weights_mb is not None else ""
         parts = [
             "<!DOCTYPE html>",
             '<html lang="en"><head><meta charset="utf-8">',
             f"<title>SAM studio report: {escape(capture.prompt)}</title>",
             f"<style>{STYLE}</style></head><body>",
             "<h1>SAM studio report</h1>",
-            f"<p class=\"meta\">model {escape(capture.info.name)} ({escape(capture.info.source)}, context "
+            f"<p class=\"meta\">model {escape(capture.info.name)} ({escape(capture.info.source)}, "
+            f"{escape(capture.info.precision)}{weights}, context "
             f"{escape(capture.info.context)}), {capture.num_images} images</p>",
             f'<p class="warning">{escape(warning)}</p>' if warning else "",
             '<nav><ul>' + "".join(f'<li><a href="#{key}">{title}</a></li>' for key, title in SECTIONS.items()) + "</ul></nav>",
