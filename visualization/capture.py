@@ -74,7 +74,8 @@ def capture(
             torch.manual_seed(seed)
         start = time.perf_counter()
         new_ids = pipeline.model.generate(
-            input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], visual=visual[mode], **settings
+            input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], visual=visual[mode],
+            new_tokens_only=True, **settings,
         )
         seconds = time.perf_counter() - start
         ids = until_end(new_ids[0], tokenizer.eos_token_id)
