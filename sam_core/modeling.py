@@ -164,7 +164,9 @@ class SamForConditionalGeneration(InstructBlipForConditionalGeneration, Generati
 
     # ------------------------------------------------------------------ vision
 
-    def _vision_outputs(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False, **kwargs) -> BaseModelOutputWithPooling:
+    def _vision_outputs(
+        self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False, **kwargs
+    ) -> BaseModelOutputWithPooling:
         """Vision encoder + final layer norm over all B·N images in one call: (B, N, 3, H, W), or (B, 3, H, W) for
         one image per sample as in plain InstructBLIP → last_hidden_state (B·N, P, D)."""
         if pixel_values.dim() == 4:
@@ -352,7 +354,7 @@ class SamForConditionalGeneration(InstructBlipForConditionalGeneration, Generati
         both = self._extract(features, qformer_input_ids, qformer_attention_mask, ("sam", "baseline"), output_attentions)
         return both["sam"], both["baseline"]
 
-    # ------------------------------------------------------------------ language model
+    # ------------------------------------------------------------------ InstructBLIP's interface
 
     @can_return_tuple
     def get_image_features(
@@ -375,10 +377,15 @@ class SamForConditionalGeneration(InstructBlipForConditionalGeneration, Generati
             vision_outputs = self._vision_outputs(pixel_values, interpolate_pos_encoding, **kwargs)
             patch_features = vision_outputs.last_hidden_state.unflatten(0, (pixel_values.shape[0], -1))  # (B, N, P, D)
             pixel_values = None
-        visual = self.extract_visual_tokens(qformer_input_ids, qformer_attention_mask, pixel_values, patch_features, guidance)
+        visual = self.extract_visual_tokens(
+            qformer_input_ids, qformer_attention_mask, pixel_values, patch_features, guidance
+        )
         return self._image_features(visual, vision_outputs)
 
-    def _image_features(self, visual: SamVisualTokens, vision_outputs: BaseModelOutputWithPooling | None = None) -> SamImageFeatures:
+    def _image_features(
+        self, visual: SamVisualTokens, vision_outputs: BaseModelOutputWithPooling | None = None
+    ) -> SamImageFeatures:
+        """InstructBLIP's image-feature output built from SAM's extraction (and the vision encoder's, if it ran)."""
         qformer_states = visual.qformer_states.flatten(0, 1)  # (B·N, S, d)
         return SamImageFeatures(
             last_hidden_state=visual.patch_features.flatten(1, 2),  # (B, N·P, D)
@@ -406,7 +413,8 @@ class SamForConditionalGeneration(InstructBlipForConditionalGeneration, Generati
         torch_compilable_check(  # a compiler hint under torch.compile, a clear error otherwise
             found == expected,
             lambda: f"The prompt holds {found.tolist()} image placeholder tokens per sample, but the visual tokens "
-            f"{tuple(visual_tokens.shape)} are {expected} per sample (N images × K queries); build inputs with SamProcessor.",
+            f"{tuple(visual_tokens.shape)} are {expected} per sample (N images × K queries); "
+            "build inputs with SamProcessor.",
         )
         return inputs_embeds.masked_scatter(placeholders, flat_tokens.to(inputs_embeds.device, inputs_embeds.dtype))
 
@@ -562,4 +570,6 @@ def copy_list(maps: list | None) -> list | None:
     return None if maps is None else list(maps)
 
 
-__all__ = ["SamConfig", "SamForConditionalGeneration", "SamGuidance", "SamImageFeatures", "SamOutput", "SamVisualTokens"]
+__all__ = [
+    "SamConfig", "SamForConditionalGeneration", "SamGuidance", "SamImageFeatures", "SamOutput", "SamVisualTokens"
+]

@@ -9,7 +9,12 @@ import inspect
 import pytest
 import torch
 from test_modeling import hf_twin
-from transformers import AutoConfig, AutoModelForImageTextToText, InstructBlipConfig, InstructBlipForConditionalGeneration
+from transformers import (
+    AutoConfig,
+    AutoModelForImageTextToText,
+    InstructBlipConfig,
+    InstructBlipForConditionalGeneration,
+)
 from transformers.generation.utils import GenerateBeamDecoderOnlyOutput, GenerateDecoderOnlyOutput
 from transformers.models.instructblip.modeling_instructblip import InstructBlipForConditionalGenerationModelOutput
 
@@ -128,7 +133,9 @@ def test_positional_parameters_are_the_parents(method):
     theirs = inspect.signature(getattr(InstructBlipForConditionalGeneration, method)).parameters
     positional = [name for name, p in theirs.items() if p.kind is p.POSITIONAL_OR_KEYWORD]
     assert [name for name, p in ours.items() if p.kind is p.POSITIONAL_OR_KEYWORD] == positional
-    extras = {"patch_features", "guidance", "visual"} | ({"visual_tokens", "new_tokens_only"} if method == "generate" else set())
+    extras = {"patch_features", "guidance", "visual"}
+    if method == "generate":
+        extras |= {"visual_tokens", "new_tokens_only"}
     assert {name for name, p in ours.items() if p.kind is p.KEYWORD_ONLY} == extras
 
 
@@ -138,7 +145,8 @@ def test_positional_calls_work_like_the_parents(single, guided):
     with torch.no_grad():
         assert torch.equal(model(*(batch[k] for k in order)).logits, twin(*(plain[k] for k in order)).logits)
     greedy = {"max_new_tokens": 4, "do_sample": False}
-    assert torch.equal(model.generate(*(batch[k] for k in order), **greedy), twin.generate(*(plain[k] for k in order), **greedy))
+    ours, theirs = model.generate(*(batch[k] for k in order), **greedy), twin.generate(*(plain[k] for k in order), **greedy)
+    assert torch.equal(ours, theirs)
     model, batch = guided
     with torch.no_grad():
         assert torch.equal(model(*(batch[k] for k in order)).logits, model(**batch).logits)
