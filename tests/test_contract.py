@@ -296,6 +296,7 @@ def test_instructblip_checkpoint_loads_into_sam_and_back(tmp_path, make_model, p
         assert torch.equal(back(**plain).logits, twin(**plain).logits)
 
 
+@pytest.mark.filterwarnings("ignore:The following device_map keys do not match")  # query_tokens is a parameter
 def test_explicit_device_map_with_offload_generates_the_same(tmp_path, make_model, processor, three_images):
     model = make_model(active=True)
     model.save_pretrained(tmp_path / "sam")
@@ -328,8 +329,8 @@ def test_gradient_checkpointing_gives_the_same_gradients(make_model, processor, 
     for checkpointing in (False, True):
         model = make_model(active=True, **NO_DROPOUT).train()
         if checkpointing:
-            model.gradient_checkpointing_enable()
-            assert model.is_gradient_checkpointing
+            model.activation_checkpointing_enable()  # transformers 5's name for gradient checkpointing
+            assert model.is_activation_checkpointing
         model(**batch).loss.backward()
         grads.append({name: p.grad for name, p in model.named_parameters() if name.startswith("guidance.")})
     assert all(grad is not None and grad.abs().sum() > 0 for grad in grads[0].values())
