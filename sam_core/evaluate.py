@@ -58,7 +58,8 @@ def predict(loaded: LoadedSam, dataset, modes=MODES, batch_size: int = 16, prese
             visual = {mode: model.extract_visual_tokens(ids, mask, pixels, guidance=mode == "sam") for mode in modes}
         texts = {
             mode: processor.decode(
-                model.generate(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], visual=tokens, **settings)
+                model.generate(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], visual=tokens,
+                               new_tokens_only=True, **settings)
             )
             for mode, tokens in visual.items()
         }

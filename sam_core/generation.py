@@ -284,6 +284,7 @@ def generate_modes(model, inputs, visual: list[SamVisualTokens], **settings) -> 
         input_ids=inputs["input_ids"].repeat(copies, 1),
         attention_mask=inputs["attention_mask"].repeat(copies, 1),
         visual_tokens=torch.cat([tokens.visual_tokens for tokens in visual]),
+        new_tokens_only=True,
         **settings,
     )
 

@@ -17,9 +17,17 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import InstructBlipForConditionalGeneration
+from transformers import GenerationMixin, InstructBlipForConditionalGeneration
 from transformers import initialization as init
+from transformers.generation.utils import GenerateOutput
 from transformers.masking_utils import create_bidirectional_mask
+from transformers.modeling_outputs import BaseModelOutputWithPooling, BaseModelOutputWithPoolingAndCrossAttentions
+from transformers.models.instructblip.modeling_instructblip import (
+    BaseModelOutputWithVisionQformerOutputs,
+    InstructBlipForConditionalGenerationModelOutput,
+)
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs, can_return_tuple, torch_compilable_check
 
 from .configuration import SamConfig
 
@@ -30,6 +38,8 @@ class SamVisualTokens:
 
     visual_tokens: (B, N, K, d_llm) projected Q-Former queries, fed to the LLM in image order.
     query_states: (B, N, K, d) Q-Former query outputs before the projection.
+    qformer_states: (B, N, S, d) the Q-Former's (stream A's) final states over [queries; instruction];
+        query_states are its first K positions.
     patch_features: (B, N, P, D) vision-encoder features (after its final layer norm).
     guidance_weights: α of the adaptive adjustment; (B, N, P) for context="all" (softmax over images
         per patch), (B, N_target, N_source, P) for context="others" (zero on the diagonal). None for the
@@ -42,6 +52,7 @@ class SamVisualTokens:
 
     visual_tokens: torch.FloatTensor
     query_states: torch.FloatTensor
+    qformer_states: torch.FloatTensor
     patch_features: torch.FloatTensor
     guidance_weights: torch.FloatTensor | None = None
     image_cross_attentions: tuple[torch.FloatTensor | None, ...] | None = None
@@ -50,13 +61,26 @@ class SamVisualTokens:
 
 
 @dataclass
-class SamOutput:
-    """Language-model output for one mode. loss: answer-only LM loss when labels are given;
-    logits: (B, seq, vocab); visual: the extraction that fed it."""
+class SamImageFeatures(BaseModelOutputWithVisionQformerOutputs):
+    """`get_image_features` for image sets, one row per sample as in InstructBLIP: last_hidden_state (B, N·P, D)
+    the patch features of the set's images in order; pooler_output (B, N·K, d_llm) the visual tokens in the order
+    the LLM reads them; hidden_states / attentions (of the vision encoder, on request), vision_outputs and
+    qformer_outputs one row per image, (B·N, …). With one image per sample: InstructBLIP's shapes. Plus `visual`,
+    SAM's extraction."""
 
-    loss: torch.FloatTensor | None
-    logits: torch.FloatTensor
-    visual: SamVisualTokens
+    visual: SamVisualTokens | None = None
+
+
+@dataclass
+class SamOutput(InstructBlipForConditionalGenerationModelOutput):
+    """InstructBLIP's output (loss, logits, vision_outputs, qformer_outputs, language_model_outputs) for one mode,
+    plus `visual`: SAM's extraction that fed the language model.
+
+    vision_outputs and qformer_outputs hold one row per image, (B·N, …) in sample-major, image order (for N = 1
+    exactly InstructBLIP's); vision_outputs is None when the extraction was passed in (`visual`, `patch_features`).
+    """
+
+    visual: SamVisualTokens | None = None
 
 
 class SamGuidance(nn.Module):
@@ -100,11 +124,13 @@ class SamGuidance(nn.Module):
         return alpha, pooled
 
 
-class SamForConditionalGeneration(InstructBlipForConditionalGeneration):
+class SamForConditionalGeneration(InstructBlipForConditionalGeneration, GenerationMixin):
     """InstructBLIP with SAM's bidirectional semantic guidance; `guidance=False` is the baseline.
 
     The parent's modules (vision_model, query_tokens, qformer, language_projection, language_model) are used
-    unchanged; SAM only adds `self.guidance` and drives the Q-Former layer by layer.
+    unchanged; SAM only adds `self.guidance` and drives the Q-Former layer by layer. `forward` and `generate` keep
+    InstructBLIP's signatures, outputs and conventions; `pixel_values` may hold N images per sample, (B, N, 3, H, W),
+    and SAM's own arguments (`guidance`, `visual`, `visual_tokens`, `patch_features`) are keyword-only.
     """
 
     config_class = SamConfig
@@ -138,12 +164,22 @@ class SamForConditionalGeneration(InstructBlipForConditionalGeneration):
 
     # ------------------------------------------------------------------ vision
 
-    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Vision encoder + final layer norm over all B·N images in one call: (B, N, 3, H, W) → (B, N, P, D)."""
-        batch, num_images = pixel_values.shape[:2]
+    def _vision_outputs(
+        self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False, **kwargs
+    ) -> BaseModelOutputWithPooling:
+        """Vision encoder + final layer norm over all B·N images in one call: (B, N, 3, H, W), or (B, 3, H, W) for
+        one image per sample as in plain InstructBLIP → last_hidden_state (B·N, P, D)."""
+        if pixel_values.dim() == 4:
+            pixel_values = pixel_values.unsqueeze(1)
+        if pixel_values.dim() != 5:
+            raise ValueError(f"pixel_values must be (B, N, 3, H, W), got shape {tuple(pixel_values.shape)}")
         flat = pixel_values.flatten(0, 1).to(self.vision_model.embeddings.patch_embedding.weight.dtype)
-        features = self.vision_model(pixel_values=flat).last_hidden_state  # (B·N, P, D)
-        return features.unflatten(0, (batch, num_images))
+        return self.vision_model(pixel_values=flat, interpolate_pos_encoding=interpolate_pos_encoding, **kwargs)
+
+    def encode_images(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
+        """Patch features F of every image: (B, N, 3, H, W) → (B, N, P, D)."""
+        features = self._vision_outputs(pixel_values, interpolate_pos_encoding).last_hidden_state  # (B·N, P, D)
+        return features.unflatten(0, (pixel_values.shape[0], -1))
 
     # ------------------------------------------------------------------ Q-Former
 
@@ -176,6 +212,8 @@ class SamForConditionalGeneration(InstructBlipForConditionalGeneration):
 
     def _qformer_inputs(self, qformer_input_ids, qformer_attention_mask, batch):
         """x0 = [queries; instruction] embedded once per sample, and its self-attention mask."""
+        if qformer_input_ids is None:
+            raise ValueError("qformer_input_ids (the instruction for the Q-Former) are needed to extract visual tokens")
         queries = self.query_tokens.expand(batch, -1, -1)  # (B, K, d)
         if qformer_attention_mask is None:
             qformer_attention_mask = torch.ones_like(qformer_input_ids)
@@ -272,6 +310,7 @@ class SamForConditionalGeneration(InstructBlipForConditionalGeneration):
         return SamVisualTokens(
             visual_tokens=tokens.unflatten(0, (batch, num_images)),
             query_states=query_states.unflatten(0, (batch, num_images)),
+            qformer_states=hidden.unflatten(0, (batch, num_images)),
             patch_features=patch_features,
             guidance_weights=alpha,
             image_cross_attentions=per_image(image_attn),
@@ -286,10 +325,6 @@ class SamForConditionalGeneration(InstructBlipForConditionalGeneration):
             if patch_features.dim() != 4:
                 raise ValueError(f"patch_features must be (B, N, P, D), got shape {tuple(patch_features.shape)}")
             return patch_features
-        if pixel_values.dim() == 4:  # a single image per sample, as in plain InstructBLIP
-            pixel_values = pixel_values.unsqueeze(1)
-        if pixel_values.dim() != 5:
-            raise ValueError(f"pixel_values must be (B, N, 3, H, W), got shape {tuple(pixel_values.shape)}")
         return self.encode_images(pixel_values)
 
     def extract_visual_tokens(
@@ -319,55 +354,124 @@ class SamForConditionalGeneration(InstructBlipForConditionalGeneration):
         both = self._extract(features, qformer_input_ids, qformer_attention_mask, ("sam", "baseline"), output_attentions)
         return both["sam"], both["baseline"]
 
-    # ------------------------------------------------------------------ language model
+    # ------------------------------------------------------------------ InstructBLIP's interface
 
-    def merge_visual_tokens(self, input_ids: torch.LongTensor, visual_tokens: torch.Tensor) -> torch.Tensor:
-        """LLM input embeddings with the N·K image placeholders replaced by the visual tokens, in image order."""
-        inputs_embeds = self.get_input_embeddings()(input_ids)  # (B, seq, d_llm)
+    @can_return_tuple
+    def get_image_features(
+        self,
+        pixel_values: torch.FloatTensor | None = None,
+        qformer_input_ids: torch.LongTensor | None = None,
+        qformer_attention_mask: torch.LongTensor | None = None,
+        interpolate_pos_encoding: bool = False,
+        *,
+        patch_features: torch.FloatTensor | None = None,
+        guidance: bool = True,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> tuple | SamImageFeatures:
+        """InstructBLIP's image features for N images per sample, (B, N, 3, H, W) or (B, 3, H, W), with SAM's
+        guidance (`guidance=False`: the baseline); from `patch_features` (B, N, P, D) instead of pixels if given.
+        Other keyword arguments (`output_hidden_states`, `output_attentions`) go to the vision encoder, as in
+        InstructBLIP."""
+        vision_outputs = None
+        if pixel_values is not None and patch_features is None:
+            vision_outputs = self._vision_outputs(pixel_values, interpolate_pos_encoding, **kwargs)
+            patch_features = vision_outputs.last_hidden_state.unflatten(0, (pixel_values.shape[0], -1))  # (B, N, P, D)
+            pixel_values = None
+        visual = self.extract_visual_tokens(
+            qformer_input_ids, qformer_attention_mask, pixel_values, patch_features, guidance
+        )
+        return self._image_features(visual, vision_outputs)
+
+    def _image_features(
+        self, visual: SamVisualTokens, vision_outputs: BaseModelOutputWithPooling | None = None
+    ) -> SamImageFeatures:
+        """InstructBLIP's image-feature output built from SAM's extraction (and the vision encoder's, if it ran)."""
+        qformer_states = visual.qformer_states.flatten(0, 1)  # (B·N, S, d)
+        return SamImageFeatures(
+            last_hidden_state=visual.patch_features.flatten(1, 2),  # (B, N·P, D)
+            pooler_output=visual.visual_tokens.flatten(1, 2),  # (B, N·K, d_llm)
+            hidden_states=getattr(vision_outputs, "hidden_states", None),
+            attentions=getattr(vision_outputs, "attentions", None),
+            vision_outputs=vision_outputs,
+            qformer_outputs=BaseModelOutputWithPoolingAndCrossAttentions(
+                last_hidden_state=qformer_states, pooler_output=qformer_states[:, 0, :]
+            ),
+            visual=visual,
+        )
+
+    def merge_visual_tokens(
+        self, input_ids: torch.LongTensor | None, visual_tokens: torch.Tensor, inputs_embeds: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """LLM input embeddings with the image placeholders replaced by the visual tokens, (B, N, K, d_llm) or
+        (B, N·K, d_llm), in image order. The placeholders are found in `input_ids`, else in `inputs_embeds`."""
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)  # (B, seq, d_llm)
         placeholders = self.get_placeholder_mask(input_ids, inputs_embeds)  # (B, seq, 1)
-        batch, num_images, query_length, width = visual_tokens.shape
-        expected = num_images * query_length
-        found = (input_ids == self.config.image_token_id).sum(dim=1)
-        if not torch.all(found == expected):
-            raise ValueError(
-                f"The prompt holds {found.tolist()} image placeholder tokens per sample, but {num_images} images × "
-                f"{query_length} query tokens = {expected} visual tokens were extracted; build inputs with SamProcessor."
-            )
-        flat_tokens = visual_tokens.reshape(batch, expected, width).to(inputs_embeds.device, inputs_embeds.dtype)
-        return inputs_embeds.masked_scatter(placeholders, flat_tokens)
+        flat_tokens = visual_tokens.flatten(1, -2)  # (B, N·K, d_llm)
+        expected = flat_tokens.shape[1]
+        found = placeholders.sum(dim=(1, 2))  # (B,)
+        torch_compilable_check(  # a compiler hint under torch.compile, a clear error otherwise
+            found == expected,
+            lambda: f"The prompt holds {found.tolist()} image placeholder tokens per sample, but the visual tokens "
+            f"{tuple(visual_tokens.shape)} are {expected} per sample (N images × K queries); "
+            "build inputs with SamProcessor.",
+        )
+        return inputs_embeds.masked_scatter(placeholders, flat_tokens.to(inputs_embeds.device, inputs_embeds.dtype))
 
+    @can_return_tuple
     def forward(
         self,
-        qformer_input_ids: torch.LongTensor,
-        input_ids: torch.LongTensor,
-        qformer_attention_mask: torch.LongTensor | None = None,
-        attention_mask: torch.LongTensor | None = None,
         pixel_values: torch.FloatTensor | None = None,
-        patch_features: torch.FloatTensor | None = None,
-        labels: torch.LongTensor | None = None,
+        qformer_input_ids: torch.LongTensor | None = None,
+        qformer_attention_mask: torch.LongTensor | None = None,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.LongTensor | None = None,
         decoder_input_ids: torch.LongTensor | None = None,
         decoder_attention_mask: torch.LongTensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        interpolate_pos_encoding: bool = False,
+        mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
+        *,
+        patch_features: torch.FloatTensor | None = None,
         guidance: bool = True,
         visual: SamVisualTokens | None = None,
-        output_attentions: bool = False,
-        **kwargs,
-    ) -> SamOutput:
-        """Logits (and the answer-only LM loss given `labels`, -100 on non-answer positions) for one mode."""
-        if visual is None:
-            visual = self.extract_visual_tokens(
-                qformer_input_ids, qformer_attention_mask, pixel_values, patch_features, guidance, output_attentions
-            )
-        inputs_embeds = self.merge_visual_tokens(input_ids, visual.visual_tokens)
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> tuple | SamOutput:
+        """InstructBLIP's forward over N images per sample: logits, and the LM loss given `labels` (-100 on
+        non-answer positions; `num_items_in_batch` / `shift_labels` reach the loss as in the parent).
+
+        The visual tokens come from `get_image_features` (SAM's extraction; `guidance=False`: the baseline) of
+        `pixel_values` or `patch_features`, or precomputed: SAM's `visual`, or `mm_encoder_outputs={"image": ...}`
+        as in the parent. Other keyword arguments (`output_attentions`, `output_hidden_states`, …) go to the
+        language model; its outputs are `language_model_outputs`, as in the parent.
+        """
+        image_features = (mm_encoder_outputs or {}).get("image")
+        if image_features is None:
+            if visual is not None:
+                image_features = self._image_features(visual)
+            else:
+                image_features = self.get_image_features(
+                    pixel_values, qformer_input_ids, qformer_attention_mask, interpolate_pos_encoding,
+                    patch_features=patch_features, guidance=guidance, return_dict=True,
+                )
+        elif pixel_values is not None or visual is not None:
+            raise ValueError("Pass the images once: pixel_values, visual or mm_encoder_outputs.")
+
+        inputs_embeds = self.merge_visual_tokens(input_ids, image_features.pooler_output, inputs_embeds)
         if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
+            attention_mask = torch.ones(inputs_embeds.shape[:2], dtype=torch.long, device=inputs_embeds.device)
+
         if self.config.use_decoder_only_language_model:
             outputs = self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
+            logits = outputs[0]
             loss = None
             if labels is not None:
                 loss = self.loss_function(
-                    logits=outputs.logits, labels=labels, vocab_size=self.config.text_config.vocab_size
+                    logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
                 )
         else:
+            kwargs["return_dict"] = True
             outputs = self.language_model(
                 inputs_embeds=inputs_embeds,
                 attention_mask=attention_mask,
@@ -376,52 +480,81 @@ class SamForConditionalGeneration(InstructBlipForConditionalGeneration):
                 labels=labels,
                 **kwargs,
             )
-            loss = outputs.loss
-        return SamOutput(loss=loss, logits=outputs.logits, visual=visual)
+            loss, logits = outputs.loss, outputs.logits
+
+        return SamOutput(
+            loss=loss,
+            logits=logits,
+            vision_outputs=image_features.vision_outputs,
+            qformer_outputs=image_features.qformer_outputs,
+            language_model_outputs=outputs,
+            visual=getattr(image_features, "visual", None),
+        )
+
+    def default_prompt(self, visual_tokens: torch.Tensor) -> torch.LongTensor:
+        """InstructBLIP's prompt when none is given: the image placeholders (N·K here), then BOS; (B, N·K + 1)."""
+        batch, placeholders = visual_tokens.flatten(1, -2).shape[:2]
+        start = [self.config.image_token_index] * placeholders + [self.config.text_config.bos_token_id]
+        return torch.tensor([start], dtype=torch.long, device=visual_tokens.device).repeat(batch, 1)
 
     @torch.no_grad()
     def generate(
         self,
-        input_ids: torch.LongTensor,
+        pixel_values: torch.FloatTensor | None = None,
         qformer_input_ids: torch.LongTensor | None = None,
         qformer_attention_mask: torch.LongTensor | None = None,
+        input_ids: torch.LongTensor | None = None,
         attention_mask: torch.LongTensor | None = None,
-        pixel_values: torch.FloatTensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        interpolate_pos_encoding: bool = False,
+        *,
         patch_features: torch.FloatTensor | None = None,
         guidance: bool = True,
         visual: SamVisualTokens | None = None,
         visual_tokens: torch.Tensor | None = None,
+        new_tokens_only: bool = False,
         **generate_kwargs,
-    ) -> torch.LongTensor:
-        """transformers generation (greedy, sampling, beams, streamers) over SAM or baseline visual tokens:
-        extracted here, or given as `visual` or as a (B, N, K, d_llm) `visual_tokens` tensor (e.g. SAM's and the
-        baseline's stacked into one batch).
+    ) -> torch.LongTensor | GenerateOutput:
+        """transformers generation (greedy, sampling, beams, streamers, `return_dict_in_generate`) over SAM or
+        baseline visual tokens: extracted here, or given as `visual` or as a (B, N, K, d_llm) `visual_tokens`
+        tensor (e.g. SAM's and the baseline's stacked into one batch). Without `input_ids` / `inputs_embeds` the
+        prompt is InstructBLIP's default (the image placeholders, then BOS).
 
-        Returns only the newly generated ids, (B·num_return_sequences, new_tokens), for both kinds of LLM.
+        Returns what InstructBLIP returns: the language model's `generate` output, i.e. prompt + new ids for a
+        decoder-only LLM (new ids only when the prompt came as `inputs_embeds` alone), the decoder start token +
+        new ids for an encoder-decoder one. `new_tokens_only=True` keeps only the new ids, (B·num_return_sequences,
+        new_tokens), in the tensor or in the output's `sequences`.
         """
         if hasattr(self, "hf_device_map"):
             self._preprocess_accelerate()
         if visual_tokens is None:
             if visual is None:
-                visual = self.extract_visual_tokens(
-                    qformer_input_ids, qformer_attention_mask, pixel_values, patch_features, guidance
-                )
+                visual = self.get_image_features(
+                    pixel_values, qformer_input_ids, qformer_attention_mask, interpolate_pos_encoding,
+                    patch_features=patch_features, guidance=guidance, return_dict=True,
+                ).visual
             visual_tokens = visual.visual_tokens
-        inputs_embeds = self.merge_visual_tokens(input_ids, visual_tokens)
+        if input_ids is None and inputs_embeds is None:
+            input_ids = self.default_prompt(visual_tokens)
+        inputs_embeds = self.merge_visual_tokens(input_ids, visual_tokens, inputs_embeds)
         if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
+            attention_mask = torch.ones(inputs_embeds.shape[:2], dtype=torch.long, device=inputs_embeds.device)
         inputs = {"inputs_embeds": inputs_embeds, "attention_mask": attention_mask}
-        if not self.language_model.config.is_encoder_decoder:
+        encoder_decoder = self.language_model.config.is_encoder_decoder
+        if not encoder_decoder and input_ids is not None:
             inputs["input_ids"] = input_ids
-        output_ids = self.language_model.generate(**inputs, **generate_kwargs)
-        if self.language_model.config.is_encoder_decoder:
-            return output_ids[:, 1:]  # drop the decoder start token
-        prompt_length = input_ids.shape[1]
-        if output_ids.shape[1] >= prompt_length and torch.equal(
-            output_ids[:, :prompt_length], input_ids.repeat_interleave(output_ids.shape[0] // input_ids.shape[0], 0)
-        ):
-            return output_ids[:, prompt_length:]
-        return output_ids
+        outputs = self.language_model.generate(**inputs, **generate_kwargs)
+        if not new_tokens_only:
+            return outputs
+        if encoder_decoder:  # the decoder's start (or given decoder_input_ids) come first
+            start = generate_kwargs.get("decoder_input_ids")
+            prompt_length = 1 if start is None else start.shape[1]
+        else:  # prompt ids come first; the output of an embeds-only prompt holds new ids only
+            prompt_length = 0 if input_ids is None else input_ids.shape[1]
+        if isinstance(outputs, torch.Tensor):
+            return outputs[:, prompt_length:]
+        outputs.sequences = outputs.sequences[:, prompt_length:]
+        return outputs
 
 
 def split_rows(maps: list | None, start: int, stop: int | None) -> list | None:
@@ -437,4 +570,6 @@ def copy_list(maps: list | None) -> list | None:
     return None if maps is None else list(maps)
 
 
-__all__ = ["SamConfig", "SamForConditionalGeneration", "SamGuidance", "SamOutput", "SamVisualTokens"]
+__all__ = [
+    "SamConfig", "SamForConditionalGeneration", "SamGuidance", "SamImageFeatures", "SamOutput", "SamVisualTokens"
+]

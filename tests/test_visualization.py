@@ -98,7 +98,7 @@ def capture_from_features(pipeline, features: torch.Tensor, max_new_tokens: int 
     for mode, tokens_of_mode in visual.items():
         new = model.generate(
             input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], visual=tokens_of_mode,
-            max_new_tokens=max_new_tokens, suppress_tokens=[processor.image_token_id],
+            max_new_tokens=max_new_tokens, suppress_tokens=[processor.image_token_id], new_tokens_only=True,
         )[0]
         ids[mode] = new
         answers[mode] = Answer(mode, processor.decode(new[None])[0], len(new), 0.0)

@@ -73,7 +73,7 @@ def capture(
         start = time.perf_counter()
         new_ids = pipeline.model.generate(
             input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], visual=visual[mode],
-            **seeded_settings(pipeline.model, settings, seed),
+            new_tokens_only=True, **seeded_settings(pipeline.model, settings, seed),
         )
         seconds = time.perf_counter() - start
         ids = until_end(new_ids[0], tokenizer.eos_token_id)
