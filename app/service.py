@@ -174,6 +174,7 @@ class SamService:
         with self.lock, out_of_memory_answer():
             self.ready()
             self.check_prompt(prompt, len(images), settings["max_new_tokens"])
+            state["domain"] = self.pipeline.check_domain(images)  # which images look unlike the model's training images
             start, rss_before = time.perf_counter(), psutil.Process().memory_info().rss
             if settings.get("num_beams", 1) == 1:
                 for texts in self.pipeline.stream(images, prompt, mode="compare", seed=decoding.seed, preset="greedy", **settings):

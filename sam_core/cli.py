@@ -93,6 +93,9 @@ def run_generate(args) -> int:
         return 0
     if loaded.info.guidance_identity:
         print(f"note: {IDENTITY_WARNING}", file=sys.stderr)
+    domain = result.domain  # which images look unlike what the model was trained on
+    if domain.warning or domain.note:
+        print(f"warning: {domain.warning}" if domain.warning else f"note: {domain.note}", file=sys.stderr)
     for mode, answer in result.answers.items():
         label = "SAM" if mode == "sam" else "baseline"
         print(f"{label:>8}: {answer.text}")
