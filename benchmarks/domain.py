@@ -391,7 +391,8 @@ def main(argv=None) -> None:
           f"made from {calibration.provenance}")
     minilink = minilink_table(detector, args.samples)
     examples_row(detector)
-    photos = print_sources("Photographs (every source found offline)", photo_sources(args.authors), detector, minilink)
+    photos = print_sources("Photographs (every source found offline) and the authors' example images",
+                           photo_sources(args.authors), detector, minilink)
     print_sources("Drawings that are not MiniLINK (reported, not tuned on)", drawing_sources(args.authors), detector, minilink)
     print_sources("MiniLINK handed over differently (outside the calibration)", {
         name: ("no", images) for name, images in minilink_variants(args.samples).items()

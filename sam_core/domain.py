@@ -111,10 +111,10 @@ def method_signature() -> str:
 
 @lru_cache(maxsize=1)
 def minilink_fingerprint() -> str:
-    """A hash of a few dev images of every render size: it changes when MiniLINK's drawing changes, which makes a
-    calibration stale."""
+    """A hash of one dev sample of every setting: it changes when MiniLINK's drawing changes, which makes a calibration
+    stale."""
     digest = hashlib.sha256()
-    for _, _, image in minilink_images(SPLIT_SEEDS["dev"], range(1), RENDER_SIZES, settings=1):
+    for _, _, image in minilink_images(SPLIT_SEEDS["dev"], range(1), (64,)):
         digest.update(image.tobytes())
     return digest.hexdigest()[:16]
 
@@ -170,14 +170,11 @@ def minilink_settings(min_images: int = 2, max_images: int = 8) -> dict[str, Min
     return settings
 
 
-def minilink_images(
-    seed: int, indices: range, render_sizes: Sequence[int] = RENDER_SIZES, settings: int | None = None
-) -> Iterator[tuple[str, int, Image.Image]]:
-    """(setting, render size, image) for samples `indices` of every setting (or the first `settings`) of split
-    `seed`, drawn at each size; single-image settings take five samples per index, so each gives about as many
-    images as a group setting."""
+def minilink_images(seed: int, indices: range, render_sizes: Sequence[int] = RENDER_SIZES) -> Iterator[tuple[str, int, Image.Image]]:
+    """(setting, render size, image) for samples `indices` of every setting of split `seed`, drawn at each size;
+    single-image settings take five samples per index, so each gives about as many images as a group setting."""
     for size in render_sizes:
-        for label, config in list(minilink_settings().items())[:settings]:
+        for label, config in minilink_settings().items():
             repeats = 5 if set(config.tasks) <= {NAME, LOOKUP} else 1
             split = MiniLink(seed, indices.stop * repeats, replace(config, image_size=size))
             for index in range(indices.start * repeats, indices.stop * repeats):
@@ -243,8 +240,13 @@ class DomainDetector:
     @classmethod
     def for_model(cls, info: ModelInfo) -> "DomainDetector":
         """The calibration stored next to the model's weights (local and embedded models only)."""
-        location, source = resolve_model(info.name)
-        return detector_at(location if source != "hub" else None, info.name)
+        if info.source == "hub":
+            return hub_detector(info.name)
+        try:
+            location, _ = resolve_model(info.name)
+        except SamLoadError:  # a model built in memory has no directory
+            location = None
+        return detector_at(location)
 
     def check(self, images: Sequence) -> DomainReport:
         """Score images (paths, arrays or PIL images) against the calibration."""
@@ -257,15 +259,18 @@ class DomainDetector:
         return DomainReport(scores, self.calibration.threshold, flagged, self.knows, True)
 
 
+def hub_detector(name: str) -> DomainDetector:
+    """Hub models are InstructBLIP checkpoints, trained on natural images: nothing to calibrate against here."""
+    return DomainDetector(None, f"{name}: InstructBLIP's world (natural images and photographs)",
+                          "not calibrated: no out-of-domain check for a hub model, nothing is flagged")
+
+
 @lru_cache(maxsize=8)
-def detector_at(location: str | None, name: str) -> DomainDetector:
+def detector_at(location: str | None) -> DomainDetector:
     """A model directory's detector (cached: every request of a served model reads the same file)."""
-    if location is None:
-        return DomainDetector(None, f"{name}: InstructBLIP's world (natural images and photographs)",
-                              "not calibrated: no out-of-domain check for a hub model, nothing is flagged")
-    path = Path(location) / CALIBRATION_FILE
+    path = None if location is None else Path(location) / CALIBRATION_FILE
     uncalibrated = "not calibrated: no out-of-domain check for this model, nothing is flagged"
-    if not path.exists():
+    if path is None or not path.exists():
         return DomainDetector(None, "unknown (no calibration)", uncalibrated)
     try:
         calibration = DomainCalibration.load(path)
@@ -306,7 +311,8 @@ def main(argv=None) -> int:
         return 0
     try:
         location, source = resolve_model(args.model)
-        report = detector_at(location if source != "hub" else None, args.model or "embedded").check(args.images)
+        detector = hub_detector(args.model) if source == "hub" else detector_at(location)
+        report = detector.check(args.images)
     except (SamLoadError, ImageLoadError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -40,7 +40,7 @@ def minilink_image(index: int = 0) -> Image.Image:
 
 @pytest.fixture(scope="module")
 def embedded_detector():
-    return detector_at(str(EMBEDDED_DEFAULT), "embedded")
+    return detector_at(str(EMBEDDED_DEFAULT))
 
 
 def test_the_shipped_calibration_is_current_and_passes_every_shipped_example(embedded_detector):
@@ -97,19 +97,21 @@ def test_the_calibrate_and_check_commands(tmp_path, capsys):
 
 
 def test_models_without_a_usable_calibration_say_so_and_flag_nothing(tmp_path):
-    hub = DomainDetector.for_model(ModelInfo(
-        name="instructblip-vicuna-7b", source="hub", quantization="4bit", device="cuda", dtype="float16", adapter=None,
-        context="all", exchange_layer=11, num_query_tokens=32, guidance_identity=True,
-    ))
-    local = detector_at(str(tmp_path), str(tmp_path))
+    def info(name, source):
+        return ModelInfo(name=name, source=source, quantization="none", device="cpu", dtype="float32", adapter=None,
+                         context="all", exchange_layer=1, num_query_tokens=4, guidance_identity=True)
+
+    hub = DomainDetector.for_model(info("instructblip-vicuna-7b", "hub"))
+    in_memory = DomainDetector.for_model(info("tiny", "local"))  # built in a test or a notebook: no directory
+    local = detector_at(str(tmp_path))
     (tmp_path / "stale").mkdir()
     DomainCalibration(torch.zeros(4, 11), torch.ones(11), 1.0, fingerprint="made-for-another-minilink").save(
         tmp_path / "stale" / CALIBRATION_FILE
     )
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / CALIBRATION_FILE).write_text("not a calibration")
-    stale, broken = detector_at(str(tmp_path / "stale"), "stale"), detector_at(str(tmp_path / "broken"), "broken")
-    for detector in (hub, local, stale, broken):
+    stale, broken = detector_at(str(tmp_path / "stale")), detector_at(str(tmp_path / "broken"))
+    for detector in (hub, in_memory, local, stale, broken):
         report = detector.check([GRACE_HOPPER])
         assert not report.calibrated and report.scores == [] and report.out_of_domain == [] and report.threshold is None
         assert report.note.startswith("not calibrated") and report.to_dict()["calibrated"] is False
