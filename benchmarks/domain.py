@@ -88,7 +88,7 @@ def photo_sources(authors: str | None) -> dict[str, tuple[str, list]]:
         "scikit-image data (astronaut, coffee, chelsea, ...)": ("yes", files(skimage_data, SKIMAGE_PHOTOS)),
         "scikit-image LFW faces (25x25 px, grayscale)": ("no", lfw_faces()),
         "scikit-learn sample images (china, flower)": ("no", sklearn_images),
-        "Debian opencv-doc photographs (lena-era test photos)": ("yes", files(OPENCV, OPENCV_PHOTOS)),
+        "Debian opencv-doc photographs (baboon, fruits, building, ...)": ("yes", files(OPENCV, OPENCV_PHOTOS)),
         "Debian opencv-doc chessboard calibration photos": ("yes", chessboards),
         "Debian mate-backgrounds nature photographs": ("no", files(BACKGROUNDS / "mate" / "nature", pattern="*.jpg")),
     }
