@@ -260,6 +260,7 @@ class SamService:
             self.ready()
             if not checked:
                 self.check_prompt(prompt, len(images), settings["max_new_tokens"])
+            state["domain"] = self.pipeline.check_domain(images)  # which images look unlike the model's training images
             start, rss_before = time.perf_counter(), psutil.Process().memory_info().rss
             if settings.get("num_beams", 1) == 1:
                 # Closing this generator (a client that left) closes the stream, which stops and joins its generation

@@ -12,6 +12,8 @@ from pathlib import Path
 import gradio as gr
 from PIL import Image
 
+from sam_core.generation import domain_fields
+
 from visualization import (
     attention_maps, compare_attention, context_images, cross_attention_layers, plot_attention_comparison,
     plot_attention_maps, plot_patch_attribution,
@@ -158,7 +160,7 @@ def build_demo(service: SamService) -> gr.Blocks:
         for state in compare_states(files, task, question, captions, (preset, max_new_tokens, 1.0, 1.0, seed), True):
             pass
         details = {"model": service.info, "prompt_task": task, "notice": service.notice, "cut_short": state["cut_short"],
-                   "stats": state["stats"]}
+                   "stats": state["stats"], **domain_fields(state["domain"])}
         return state["sam"], state["baseline"], json.dumps(details)
 
     def show_caption_boxes(gallery, task):

@@ -98,6 +98,9 @@ def run_generate(args) -> int:
         print(json.dumps({"model": loaded.info.to_dict(), "prompt": prompt, "images": [Path(p).name for p in args.images], **result.to_dict()}, indent=2))
         return 0
     print_notes(loaded.info)
+    domain = result.domain  # which images look unlike what the model was trained on
+    if domain.warning or domain.note:
+        print(f"warning: {domain.warning}" if domain.warning else f"note: {domain.note}", file=sys.stderr)
     for mode, answer in result.answers.items():
         label = "SAM" if mode == "sam" else "baseline"
         print(f"{label:>8}: {answer.text}")

@@ -14,6 +14,7 @@ from transformers import (
 )
 from transformers.generation.streamers import BaseStreamer
 
+from .domain import DomainDetector, DomainReport
 from .loading import LoadedSam
 from .modeling import SamVisualTokens
 from .processing import PromptError, check_image_markers
@@ -49,17 +50,25 @@ class Answer:
 
 @dataclass
 class GenerationResult:
-    """Answers by mode ("sam", "baseline") plus the shared extraction time and the visual tokens."""
+    """Answers by mode ("sam", "baseline") plus the shared extraction time, the visual tokens and which images look
+    unlike what the model was trained on."""
 
     answers: dict[str, Answer]
     extraction_seconds: float
     visual: dict[str, SamVisualTokens]
+    domain: DomainReport | None = None
 
     def to_dict(self) -> dict:
         return {
             "answers": {mode: {**asdict(a), "tokens_per_second": a.tokens_per_second} for mode, a in self.answers.items()},
             "extraction_seconds": self.extraction_seconds,
+            **domain_fields(self.domain),
         }
+
+
+def domain_fields(domain: DomainReport | None) -> dict:
+    """The JSON fields every result carries: `out_of_domain` (1-based image numbers) and the full report."""
+    return {"out_of_domain": domain.out_of_domain if domain else [], "domain": domain.to_dict() if domain else None}
 
 
 def generation_kwargs(preset: str = "greedy", **overrides) -> dict:
@@ -179,6 +188,10 @@ class SamPipeline:
     def device(self) -> torch.device:
         return self.model.query_tokens.device
 
+    def check_domain(self, images: Sequence) -> DomainReport:
+        """Which images look unlike what the loaded model was trained on (sam_core/domain.py)."""
+        return DomainDetector.for_model(self.info).check(images)
+
     def check_prompt(self, prompt: str, num_images: int, max_new_tokens: int, limit: int | None = None) -> None:
         """Refuse, with a message that says what to change, a prompt whose `{image#k}` markers name a missing
         image or that does not fit: at most `limit` LLM tokens, and the N·K visual tokens + prompt + new tokens
@@ -242,7 +255,7 @@ class SamPipeline:
             rows = new_ids.reshape(len(names), -1, new_ids.shape[-1])[:, 0]  # first sequence of each mode
             for name, text, ids in zip(names, self.processor.decode(rows), rows):
                 answers[name] = Answer(name, text, count_new_tokens(ids, self.processor.tokenizer.pad_token_id), seconds)
-        return GenerationResult(answers, extraction_seconds, visual)
+        return GenerationResult(answers, extraction_seconds, visual, self.check_domain(images))
 
     def stream(
         self, images: Sequence, prompt: str, mode: str = "sam", preset: str = "greedy", seed: int | None = 0, **overrides

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 from transformers import BatchFeature
 
+from sam_core.domain import DomainReport
 from sam_core.generation import Answer, SamPipeline, count_new_tokens, generation_kwargs, seeded_settings
 from sam_core.loading import ModelInfo
 from sam_core.modeling import SamVisualTokens
@@ -28,7 +29,8 @@ class Capture:
     """images: the RGB images, in order; inputs: the processor's batch (B = 1) on the model's device;
     visual: per mode, the extraction (with cross-attentions) that fed the answer;
     answer_ids: per mode, (T,) generated ids up to and including the first end-of-sequence token;
-    tokens: per mode, a readable label for each answer token."""
+    tokens: per mode, a readable label for each answer token; domain: which images look unlike the model's training
+    images."""
 
     images: list[Image.Image]
     prompt: str
@@ -39,6 +41,7 @@ class Capture:
     tokens: dict[str, list[str]]
     info: ModelInfo
     extraction_seconds: float
+    domain: DomainReport | None = None
 
     @property
     def num_images(self) -> int:
@@ -83,7 +86,8 @@ def capture(
         tokens[mode] = token_labels(tokenizer, ids.tolist())
     if progress is not None:
         progress(1.0, "answers ready")
-    return Capture(rgb, prompt, inputs, visual, answer_ids, answers, tokens, pipeline.info, extraction_seconds)
+    return Capture(rgb, prompt, inputs, visual, answer_ids, answers, tokens, pipeline.info, extraction_seconds,
+                   pipeline.check_domain(rgb))
 
 
 def until_end(ids: torch.Tensor, eos_token_id: int | None) -> torch.Tensor:

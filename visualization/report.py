@@ -18,7 +18,7 @@ import matplotlib
 import numpy as np
 from matplotlib.colors import to_hex
 
-from sam_core.generation import SamPipeline
+from sam_core.generation import SamPipeline, domain_fields
 
 from .alignment import Alignment, alignment, plot_alignment
 from .attention import (
@@ -109,6 +109,7 @@ class Report:
             "word_attribution": {mode: {"words": a.words, "scores": a.scores} for mode, a in self.word_attributions.items()},
             "alignment": {mode: {"similarity": a.similarity, "score": a.score} for mode, a in self.alignments.items()},
             "seconds": self.seconds,
+            **domain_fields(capture.domain),
         })
 
     def figures(self) -> dict[str, bytes]:
@@ -145,6 +146,7 @@ class Report:
         data = json.dumps(numbers or self.to_dict(), allow_nan=False).replace("<", "\\u003c")  # no "</script>", no "<!--"
         warning = capture.info.warning
         weights = f", weights {capture.info.weights_mb:.1f} MB" if capture.info.weights_mb is not None else ""
+        domain_warning = capture.domain.warning if capture.domain else None
         parts = [
             "<!DOCTYPE html>",
             '<html lang="en"><head><meta charset="utf-8">',
@@ -155,6 +157,8 @@ class Report:
             f"{escape(capture.info.precision)}{weights}, context "
             f"{escape(capture.info.context)}), {capture.num_images} images</p>",
             f'<p class="warning">{escape(warning)}</p>' if warning else "",
+            f'<p class="warning" id="out-of-domain">Warning: {escape(domain_warning)}: the answers and the views below '
+            "may mean nothing.</p>" if domain_warning else "",
             '<nav><ul>' + "".join(f'<li><a href="#{key}">{title}</a></li>' for key, title in SECTIONS.items()) + "</ul></nav>",
             section("summary", self.summary_html()),
             section("guidance", self.guidance_html(pngs)),
