@@ -107,16 +107,18 @@ def shows_line(slot: Slot, sample: MiniLinkSample, answers: dict[str, str]) -> s
     return "The baseline is right and SAM is not: guidance can also mislead."
 
 
-def select(pipeline: SamPipeline, slot: Slot, taken: set[int], limit: int = 400) -> tuple[MiniLinkSample, dict[str, str]]:
-    """The first dev-split sample in the slot's setting whose greedy answers have the slot's outcome, skipping the
-    sample indices earlier slots took (so that no two examples come from the same draw)."""
+def select(pipeline: SamPipeline, slot: Slot, taken: set[str], limit: int = 400) -> tuple[MiniLinkSample, dict[str, str]]:
+    """The first dev-split sample in the slot's setting whose greedy answers have the slot's outcome, skipping
+    linked objects earlier slots took (so that no two examples are about the same object)."""
     config = MiniLinkConfig(min_images=slot.num_images, max_images=slot.num_images, tasks=(slot.task,), decoys=slot.decoys)
     dataset = MiniLink(SPLIT_SEEDS["dev"], limit, config)
-    for index in sorted(set(range(limit)) - taken):
+    for index in range(limit):
         sample = dataset[index]
+        if sample.linked in taken:
+            continue
         answers = answer_example(pipeline, sample.images, sample.instruction)
         if (outcome(answers["sam"], sample.output), outcome(answers["baseline"], sample.output)) == (slot.sam, slot.baseline):
-            taken.add(index)
+            taken.add(sample.linked)
             return sample, answers
     raise LookupError(f"no dev-split sample among the first {limit} has the outcome of {slot}")
 
