@@ -17,7 +17,7 @@ from gradio_client import Client, handle_file
 
 from .serve import REPO_ROOT, serve_app
 
-EXAMPLE = sorted((REPO_ROOT / "examples" / "minilink-group").glob("*.png"))
+EXAMPLE = sorted((REPO_ROOT / "examples" / "group-sam-binds").glob("*.png"))
 
 
 def request_seconds(client: Client, files: list, new_tokens: int) -> tuple[float, str, str]:

@@ -11,7 +11,7 @@ from app.privacy import ABSOLUTE_PATH
 from benchmarks.load import example_cases, run_load, serve_app
 from conftest import FAKE_SECRET
 
-EXAMPLE = sorted(str(p) for p in Path("examples/linked-star").glob("*.png"))
+EXAMPLE = sorted(str(p) for p in Path("tests/data/minilink-3").glob("*.png"))
 
 
 @pytest.fixture(scope="module")
