@@ -7,9 +7,12 @@ SAM_TORCH_THREADS.
 """
 
 import contextlib
+import gc
 import io
 import sys
 import warnings
+
+gc.disable()  # no cyclic collection while torch, transformers and gradio load; main() turns it back on (sam_core.startup)
 
 import torch
 from PIL import Image
@@ -31,6 +34,8 @@ def main() -> None:
     with contextlib.redirect_stdout(io.StringIO()):  # Gradio prints its example cache's absolute path: not for logs
         demo = build_demo(service)
     demo.queue(default_concurrency_limit=settings.concurrency, max_size=settings.queue_size)
+    gc.freeze()  # start-up's objects stay out of every later collection (see sam_core.startup)
+    gc.enable()
     demo.launch(server_name=settings.host, server_port=settings.port, css=CSS, max_file_size="20mb")
 
 

@@ -57,7 +57,7 @@ def question_forms(service: SamService) -> list[str]:
 def build_inputs(service: SamService) -> InputsPanel:
     settings = service.settings
     max_captions = max(settings.max_images - 1, 1)
-    gallery = gr.Gallery(label="Images (in order)", type="filepath", interactive=True, columns=4, height=230,
+    gallery = gr.Gallery(label="Images (in order)", type="filepath", format="png", interactive=True, columns=4, height=230,
                          file_types=["image"], elem_id="gallery")
     with gr.Row(elem_classes="compact-buttons"):
         earlier = gr.Button("◀ Earlier", size="sm", min_width=60)
