@@ -6,9 +6,7 @@ SAM_REQUEST_TIMEOUT, SAM_CONCURRENCY, SAM_QUEUE_SIZE, SAM_HOST (127.0.0.1 unless
 SAM_TORCH_THREADS.
 """
 
-import contextlib
 import gc
-import io
 import sys
 import warnings
 
@@ -31,8 +29,7 @@ def main() -> None:
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     service = SamService(settings)
-    with contextlib.redirect_stdout(io.StringIO()):  # Gradio prints its example cache's absolute path: not for logs
-        demo = build_demo(service)
+    demo = build_demo(service)
     demo.queue(default_concurrency_limit=settings.concurrency, max_size=settings.queue_size)
     gc.freeze()  # start-up's objects stay out of every later collection (see sam_core.startup)
     gc.enable()

@@ -60,7 +60,7 @@ def wait_for_answers(page, timeout=90_000):
         )
     except Exception:
         page.screenshot(path=SHOTS / "failed-waiting-for-answers.png", full_page=True)
-        raise
+        raise AssertionError(page.evaluate("() => document.body.innerText")) from None
 
 
 def wait_for_no_answers(page, timeout=10_000):
@@ -227,6 +227,10 @@ def test_desktop_tabs(browser, app_url):
             assert visible_figures(page) >= 1, tab
         page.locator("#views").screenshot(path=SHOTS / f"desktop-tab-{tab.lower()}.png")
     assert "Traceback" not in page.content()
+
+
+def test_the_log_has_no_example_cache_lines(app_server):
+    assert "Caching examples" not in app_server.log_path.read_text()  # examples are answered live, not cached
 
 
 def test_bad_upload_shows_a_message_not_a_traceback(browser, app_url, tmp_path):
