@@ -24,7 +24,9 @@ def with_example(component, example):
 def build_api(service: SamService, example: Example | None) -> None:
     """Hidden inputs and outputs of the two endpoints, wired to `compare` and `explain`."""
     settings = service.settings
-    example_paths = [{"path": relative(path), "meta": {"_type": "gradio.FileData"}} for path in (example.images if example else [])]
+    # Shown on the API page as handle_file('examples/…'): files a reader of the repository has.
+    example_paths = [{"path": relative(path), "url": relative(path), "meta": {"_type": "gradio.FileData"}}
+                     for path in (example.images if example else [])]
     with gr.Row(visible=False):
         images = with_example(gr.File(file_count="multiple", label="images: the image files, in order"), example_paths)
         task = gr.Radio(list(TASKS), value="Group captioning", label="task: Group captioning, Storytelling or Free question")

@@ -28,6 +28,7 @@ CSS = """
 .example .thumbs {display: flex; gap: 2px; flex-shrink: 0}
 .example .thumbs img {width: 34px; height: 34px; border-radius: 3px}
 #views button[role=tab] {padding-left: 8px; padding-right: 8px}
+#gallery .grid-container {grid-template-columns: repeat(4, minmax(0, 1fr)) !important}  /* four a row, at any width */
 @media (max-width: 700px) {
   #views button[role=tab] {padding-left: 5px; padding-right: 5px; font-size: 0.9rem}
   .example .thumbs img {width: 26px; height: 26px}

@@ -190,6 +190,9 @@ def test_at_phone_width_every_tab_is_reachable_and_shows_its_figure(browser, app
     assert page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth") <= 2
     page.screenshot(path=SHOTS / "phone-start.png", full_page=True)
     load_example(page, 0)
+    overflow = page.evaluate("() => { const grid = document.querySelector('#gallery .grid-container');"
+                             " return grid.scrollWidth - grid.clientWidth; }")
+    assert overflow <= 1  # every image of the set is in view, none scrolled off to the side
     explain(page)
     for tab in TABS:
         button = page.get_by_role("tab", name=tab)
