@@ -35,16 +35,18 @@ EXAMPLES_DIR = REPO_ROOT / "examples"
 
 @dataclass(frozen=True)
 class Case:
-    """One distinct request: images, task, storytelling captions, preset and seed."""
+    """One distinct request: images, task, question, storytelling captions, preset and seed."""
 
     images: tuple[str, ...]
     task: str
+    question: str
     captions: str
     preset: str
     seed: int
 
     def arguments(self, max_new_tokens: int) -> tuple:
-        return ([handle_file(path) for path in self.images], self.task, "", self.captions, self.preset, max_new_tokens, self.seed)
+        return ([handle_file(path) for path in self.images], self.task, self.question, self.captions, self.preset, max_new_tokens,
+                self.seed)
 
 
 def example_cases() -> list[Case]:
@@ -56,7 +58,7 @@ def example_cases() -> list[Case]:
             images = tuple(str(path.parent / name) for name in entry["images"])
             captions = "\n".join(entry.get("captions") or [])
             for preset, seed in (("greedy", 0), ("sampling", 1), ("sampling", 2)):
-                cases.append(Case(images, entry["task"], captions, preset, seed))
+                cases.append(Case(images, entry["task"], entry.get("question", ""), captions, preset, seed))
     return cases
 
 

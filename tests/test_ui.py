@@ -3,7 +3,10 @@ store's bounds, the model notice, and limits that must not break the page (SAM_M
 
 import dataclasses
 import json
+import os
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import gradio as gr
@@ -87,3 +90,12 @@ def test_the_model_notice_and_out_of_domain_warnings(service):
 def test_one_new_token_at_most_still_builds_the_page(service):
     strict = SamService(dataclasses.replace(service.settings, max_new_tokens=1))
     assert isinstance(build_demo(strict), gr.Blocks)
+
+
+def test_the_analysis_stack_is_imported_only_when_first_used():
+    """Start-up imports neither matplotlib nor captum: only Explain needs them."""
+    code = ("import sys, app.ui, app.service, sam_core.cli; "
+            "print(sorted(m for m in ('matplotlib', 'captum', 'visualization') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
