@@ -1,7 +1,7 @@
 """The Explain section: one analysis run per click, kept per browser session (`sessions.ReportStore`), and one tab
 per view. Explain draws every tab's figures once, for the browser's screen (wide or narrow); the selectors re-plot
-from the kept run; the Report tab draws the HTML report when it is opened (downloads only). The analysis stack
-(visualization: matplotlib, captum) is imported on first use, not at start-up."""
+from the kept run; the HTML report is drawn only when the Report tab's button asks for it (a download). The analysis
+stack (visualization: matplotlib, captum) is imported on first use, not at start-up."""
 
 import tempfile
 from dataclasses import dataclass, fields
@@ -198,7 +198,7 @@ def wire_explain(panel: ExplainPanel, service: SamService, store: ReportStore, r
 
 
 def run_explain(service: SamService, store: ReportStore, layout, key, window, gallery, task, question, *rest, progress=None):
-    """Analyse one request, keep its report for the session, and draw every tab (the report waits for its tab)."""
+    """Analyse one request, keep its report for the session, and draw every tab (the report waits for its button)."""
     boxes = max(service.settings.max_images - 1, 1)
     captions, decoding_values = rest[:boxes], rest[boxes:]
     with refusals("analysis"):
