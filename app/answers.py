@@ -24,8 +24,10 @@ class AnswersPanel:
         return [self.sam, self.baseline, self.stats]
 
 
-def build_answers(service: SamService) -> AnswersPanel:
+def build_answers(service: SamService, reference: gr.Markdown) -> AnswersPanel:
+    """`reference`: the inputs' reference answer (of an example or a random set), shown above the answers."""
     domain = gr.Markdown(elem_id="domain-warning")
+    reference.render()
     with gr.Row():
         sam = gr.Textbox(label="SAM (guided)", lines=3, elem_classes="answer", interactive=False, placeholder=WAITING)
         baseline = gr.Textbox(label="Baseline (each image alone)", lines=3, elem_classes="answer", interactive=False,

@@ -65,9 +65,7 @@ def build_inputs(service: SamService) -> InputsPanel:
         remove = gr.Button("Remove", size="sm", min_width=60)
         remove_all = gr.Button("Remove all", size="sm", min_width=60)
         random_set = gr.Button("New random MiniLINK set", size="sm", min_width=120)
-    example_sets = load_examples()
-    examples = build_examples(example_sets)
-    reference = gr.Markdown(elem_id="reference")
+    reference = gr.Markdown(elem_id="reference", render=False)  # shown beside the answers (answers.build_answers)
     task = gr.Radio(list(TASKS), value="Group captioning", label="Task")
     forms = question_forms(service)
     question = gr.Textbox(
@@ -84,6 +82,8 @@ def build_inputs(service: SamService) -> InputsPanel:
         repetition_penalty = gr.Slider(1.0, 2.0, value=1.0, step=0.05, label="Repetition penalty")
         seed = gr.Number(0, precision=0, label="Seed")
     compare = gr.Button("Compare SAM with the baseline", variant="primary")
+    example_sets = load_examples()
+    examples = build_examples(example_sets)
     panel = InputsPanel(gallery, gr.State(None), earlier, later, remove, remove_all, random_set, examples, example_sets,
                         reference, task, question, captions, [preset, max_new_tokens, temperature, repetition_penalty, seed],
                         compare)

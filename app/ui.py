@@ -65,7 +65,7 @@ def build_studio(service: SamService, store: ReportStore, demo: gr.Blocks) -> In
         with gr.Column(scale=5, min_width=320):
             inputs = build_inputs(service)
         with gr.Column(scale=6, min_width=320):
-            answers = build_answers(service)
+            answers = build_answers(service, inputs.reference)
             controls = build_explain_controls()
     explain = build_views(controls)
 

@@ -41,7 +41,7 @@ def open_app(browser, app_url, viewport=DESKTOP):
     page = browser.new_page(viewport=viewport)
     page.goto(app_url)
     page.get_by_role("button", name="Compare SAM with the baseline").wait_for()
-    page.wait_for_function("() => document.querySelector('#examples button').innerText.trim().length > 0")
+    page.wait_for_function("() => (document.querySelector('#examples button')?.innerText || '').trim().length > 0")
     return page
 
 
@@ -125,7 +125,10 @@ def test_every_change_of_images_or_task_clears_what_belonged_to_the_old_ones(bro
         page.wait_for_timeout(100)
     page.wait_for_function("() => [...document.querySelectorAll('#views img')].some(i => i.offsetParent && i.naturalWidth > 0)",
                            timeout=180_000)
-    upload = lambda: page.locator("#gallery input[type=file]").set_input_files(EXAMPLE)  # noqa: E731
+    def upload():
+        page.locator("#gallery input[type=file]").set_input_files(EXAMPLE)
+        page.wait_for_function("(count) => document.querySelectorAll('#gallery .thumbnail-lg img').length === count", arg=len(EXAMPLE))
+
     changes = {  # name: (the change, whether there are answers to clear before it)
         "random set": (lambda: page.get_by_role("button", name="New random MiniLINK set").click(), True),
         "task": (lambda: page.get_by_role("radio", name="Storytelling").check(), True),
