@@ -123,8 +123,8 @@ def build_explain_controls() -> ExplainControls:
     with gr.Row(equal_height=False):
         button = gr.Button("Explain the difference", variant="secondary", scale=2, min_width=160)
         # The finer choices depend on the model's patch grid: they appear after the first Explain.
-        window = gr.Dropdown([DEFAULT_WINDOW], value=DEFAULT_WINDOW, label="Patch blocks", scale=1, min_width=140,
-                             info="finer: sharper patch maps, slower")
+        window = gr.Dropdown([DEFAULT_WINDOW], value=DEFAULT_WINDOW, label="Patch blocks (patches a side)", scale=1,
+                             min_width=140, info="finer: sharper patch maps, slower")
     return ExplainControls(button, window, gr.Markdown(elem_id="explain-progress"))
 
 
@@ -220,8 +220,8 @@ def window_choices(report, chosen: str):
 
     side = report.patch_attributions["sam"].scores.shape[-1]
     default = default_window(side)
-    choices = [(f"{default}×{default} patches ({DEFAULT_WINDOW})", DEFAULT_WINDOW)]
-    choices += [(f"{w}×{w} patches", f"{w}×{w} patches") for w in range(default - 1, 0, -1)]
+    choices = [(f"{default}×{default} ({DEFAULT_WINDOW})", DEFAULT_WINDOW)]
+    choices += [(f"{w}×{w}", f"{w}×{w}") for w in range(default - 1, 0, -1)]
     return gr.update(choices=choices, value=chosen if chosen in [value for _, value in choices] else DEFAULT_WINDOW)
 
 
@@ -231,7 +231,7 @@ def kept(store: ReportStore, key):
 
 
 def patch_window(choice: str | None) -> int | None:
-    """"1×1 patches" → 1; the default → None (the analysis picks the window from the grid)."""
+    """"1×1" → 1; the default → None (the analysis picks the window from the grid)."""
     return None if not choice or choice == DEFAULT_WINDOW else int(choice.split("×")[0])
 
 
