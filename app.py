@@ -6,11 +6,12 @@ SAM_REQUEST_TIMEOUT, SAM_CONCURRENCY, SAM_QUEUE_SIZE, SAM_HOST (127.0.0.1 unless
 SAM_TORCH_THREADS, SAM_CACHE_TTL. What a visitor can and cannot do, and what is logged: docs/security.md.
 """
 
-import contextlib
-import io
+import gc
 import logging
 import sys
 import warnings
+
+gc.disable()  # no cyclic collection while torch, transformers and gradio load; main() turns it back on (sam_core.startup)
 
 import torch
 from PIL import Image
@@ -37,9 +38,10 @@ def main() -> None:
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     service = SamService(settings)
-    with contextlib.redirect_stdout(io.StringIO()):  # Gradio prints its example cache's absolute path: not for logs
-        demo = build_demo(service)
+    demo = build_demo(service)
     demo.queue(default_concurrency_limit=settings.concurrency, max_size=settings.queue_size)
+    gc.freeze()  # start-up's objects stay out of every later collection (see sam_core.startup)
+    gc.enable()
     demo.launch(server_name=settings.host, server_port=settings.port, css=CSS, max_file_size=MAX_FILE_BYTES,
                 app_kwargs={"middleware": [Middleware(UploadLimit, max_bytes=settings.max_upload_bytes)]})
 

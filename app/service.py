@@ -24,8 +24,6 @@ from sam_core.processing import (
     ImageLoadError, PromptError, group_caption_prompt, load_image, question_prompt, shorten, storytelling_prompt,
 )
 
-from visualization import Report, explain
-
 from .privacy import public_text
 from .settings import AppSettings
 
@@ -286,8 +284,12 @@ class SamService:
             yield state
 
     @gpu_task
-    def explain(self, images: list[Image.Image], prompt: str, decoding: Decoding, progress=None) -> Report:
-        """Every analysis view of one compare-mode run (answers, maps and attributions from the same pass)."""
+    def explain(self, images: list[Image.Image], prompt: str, decoding: Decoding, progress=None, window: int | None = None):
+        """Every analysis view of one compare-mode run (answers, maps and attributions from the same pass), as a
+        visualization.Report; `window`: the patch-occlusion block side (None: chosen from the grid). The analysis
+        stack is imported on the first call, not at start-up."""
+        from visualization import explain
+
         settings = decoding.kwargs(self.settings.max_new_tokens)
         deadline = AnswerDeadline(self.settings.request_timeout / 2)  # the analysis decodes the two answers in turn
         settings["stopping_criteria"] = StoppingCriteriaList([deadline])
@@ -296,7 +298,8 @@ class SamService:
             self.ready()
             if not checked:
                 self.check_prompt(prompt, len(images), settings["max_new_tokens"])
-            report = explain(self.pipeline, images, prompt, preset="greedy", seed=decoding.seed, progress=progress, **settings)
+            report = explain(self.pipeline, images, prompt, preset="greedy", seed=decoding.seed, progress=progress, window=window,
+                             **settings)
         report.cut_short = [mode for mode, cut in zip(report.capture.answers, deadline.cut_short) if cut]
         return report
 

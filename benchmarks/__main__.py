@@ -10,7 +10,7 @@ import platform
 import psutil
 import torch
 
-from . import analysis, app_latency, end_to_end, extraction, gpu, gpu_check, memory, quantization
+from . import analysis, app_latency, end_to_end, extraction, gpu, gpu_check, memory, quantization, startup
 
 SCENARIOS = {
     "extraction": ("Extraction at the full Q-Former shape", extraction.main, ["--repeats", "5"], ["--repeats", "2"]),
@@ -18,6 +18,7 @@ SCENARIOS = {
     "quantization": ("4-bit NF4 on the embedded model", quantization.main, [], ["--size", "60", "--repeats", "2"]),
     "analysis": ("Analysis views, as multiples of one SAM generation", analysis.main, ["--repeats", "5"], ["--repeats", "2"]),
     "app_latency": ("App: request to both answers through gradio_client", app_latency.main, ["--repeats", "10"], ["--repeats", "3"]),
+    "startup": ("Start-up, whole processes, against the baseline commit", startup.main, ["--repeats", "7"], ["--repeats", "1"]),
     "memory": ("Memory model of the full model (GPU)", memory.main, ["--check", "docs/gpu_h100.json"], ["--images", "1", "8"]),
     "gpu": ("Full size on a GPU", gpu.main, [], ["--images", "4", "--new-tokens", "8", "--repeats", "1"]),
     "gpu_check": ("The Space path on a GPU", gpu_check.main, [], ["--new-tokens", "8"]),

@@ -2,7 +2,8 @@
 
 Four MiniLINK images, a 20-token answer (greedy; `min_new_tokens` holds every answer at 20 tokens), all rows
 measured side by side in one run, round-robin, median of `--repeats` after a warm-up round. Attributions cover
-SAM and the baseline (what the report computes), each explaining its own answer.
+SAM and the baseline (what the report computes), each explaining its own answer; the patch attribution uses the
+default window for the model's patch grid, and (one row) the finest window, to show what refining costs.
 
     python -m benchmarks.analysis [--repeats 5] [--threads 1]
 """
@@ -17,11 +18,12 @@ from sam_core.data import MiniLinkConfig, make_sample
 from sam_core.generation import SamPipeline
 from sam_core.loading import load_sam
 from visualization import (
-    attention_maps, capture, explain, guidance_maps, image_attribution, patch_attribution, plot_attention_maps,
-    plot_guidance, word_attribution,
+    FIGURES, NARROW, WIDE, attention_maps, capture, compare_attention, explain, figure_png, guidance_maps, image_attribution,
+    patch_attribution, plot_attention_comparison, plot_attention_maps, plot_guidance, word_attribution,
 )
+from visualization.attribution import default_window
 from visualization.capture import MODES
-from visualization.common import figure_png
+from visualization.common import grid_side
 
 from .common import round_robin
 
@@ -43,6 +45,9 @@ def main(argv=None) -> None:
     length = {"max_new_tokens": ANSWER_TOKENS, "min_new_tokens": ANSWER_TOKENS}
     run = capture(pipeline, images, prompt, **length)
     assert all(len(run.answer_ids[mode]) == ANSWER_TOKENS for mode in MODES)
+    report = explain(pipeline, images, prompt, **length)
+    side = grid_side(run.visual["sam"].patch_features.shape[2])
+    window = default_window(side)
 
     def sam_answer_and_views(figures: bool):
         sam_run = capture(pipeline, images, prompt, modes=("sam",), **length)
@@ -52,8 +57,12 @@ def main(argv=None) -> None:
             figure_png(plot_guidance(maps[0], sam_run.images))
             figure_png(plot_attention_maps(maps[1], sam_run.images))
 
-    def both_modes(method):
-        return lambda: [method(pipeline, run, mode) for mode in MODES]
+    def both_modes(method, **options):
+        return lambda: [method(pipeline, run, mode, **options) for mode in MODES]
+
+    def replot_attention():  # what the attention explorer draws when a selector changes
+        visual = report.capture.visual
+        figure_png(plot_attention_comparison(compare_attention(visual["sam"], visual["baseline"], head=0), report.capture.images))
 
     def full_report():
         with tempfile.TemporaryDirectory() as directory:
@@ -64,16 +73,21 @@ def main(argv=None) -> None:
         ("SAM answer + attention & guidance maps (same pass)", lambda: sam_answer_and_views(False), 1.2),
         ("… the same + their two figures (PNG)", lambda: sam_answer_and_views(True), None),
         ("per-image attribution (SAM + baseline)", both_modes(image_attribution), 10),
-        ("per-patch attribution (SAM + baseline, 4×4 patches)", both_modes(patch_attribution), None),
+        (f"per-patch attribution (SAM + baseline, default {window}×{window}-patch blocks on the {side}×{side} grid)",
+         both_modes(patch_attribution), None),
+        ("… finest blocks (1×1 patch), what refining costs", both_modes(patch_attribution, window=1), None),
         ("prompt-word attribution (SAM + baseline)", both_modes(word_attribution), None),
-        ("full report (compare run, all views, HTML + JSON)", full_report, 30),
+        ("the six figures, wide (desktop and the report)", lambda: report.figures(WIDE), None),
+        ("the six figures, narrow (phones)", lambda: report.figures(NARROW), None),
+        ("one figure re-plotted (an attention-explorer selection)", replot_attention, None),
+        ("full report (compare run, all views, six figures, HTML + JSON)", full_report, 15),
     ]
     medians = round_robin({label: function for label, function, _ in rows}, args.repeats)
     timings = [(label, medians[label], target) for label, _, target in rows]
     unit = timings[0][1]
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {args.repeats} interleaved runs, "
-        f"{NUM_IMAGES} images, {ANSWER_TOKENS}-token answers, embedded checkpoint\n"
+        f"{NUM_IMAGES} images, {ANSWER_TOKENS}-token answers, embedded checkpoint ({len(FIGURES)} figure kinds)\n"
     )
     print("| view | time (ms) | × one SAM generation | target |")
     print("|---|---|---|---|")

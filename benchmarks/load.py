@@ -46,16 +46,18 @@ BOMB_SIDE = 9459  # 89.5 M pixels: just under Pillow's own limit, so only the ap
 
 @dataclass(frozen=True)
 class Case:
-    """One distinct request: images, task, storytelling captions, preset and seed."""
+    """One distinct request: images, task, question, storytelling captions, preset and seed."""
 
     images: tuple[str, ...]
     task: str
+    question: str
     captions: str
     preset: str
     seed: int
 
     def arguments(self, max_new_tokens: int) -> tuple:
-        return ([handle_file(path) for path in self.images], self.task, "", self.captions, self.preset, max_new_tokens, self.seed)
+        return ([handle_file(path) for path in self.images], self.task, self.question, self.captions, self.preset, max_new_tokens,
+                self.seed)
 
 
 def example_cases() -> list[Case]:
@@ -67,7 +69,7 @@ def example_cases() -> list[Case]:
             images = tuple(str(path.parent / name) for name in entry["images"])
             captions = "\n".join(entry.get("captions") or [])
             for preset, seed in (("greedy", 0), ("sampling", 1), ("sampling", 2)):
-                cases.append(Case(images, entry["task"], captions, preset, seed))
+                cases.append(Case(images, entry["task"], entry.get("question", ""), captions, preset, seed))
     return cases
 
 
@@ -182,7 +184,7 @@ def leave_after_first_chunk(url: str, case: Case, max_new_tokens: int) -> bool:
     also `gradio_client`'s `Job.cancel`) and drop the connection. True if it left while the answer was being
     generated."""
     with httpx.Client(base_url=url, timeout=120) as http:
-        event = next(d for d in http.get("config").json()["dependencies"] if d.get("api_name") == "run_compare")
+        event = next(d for d in http.get("config").json()["dependencies"] if d.get("api_name") == "stream_answers")
         captions = case.captions.splitlines() + [""] * len(event["inputs"])
         uploaded = []
         for path in case.images:

@@ -204,7 +204,9 @@ def count_word(n: int) -> str:
 
 
 def group_caption_prompt(num_images: int) -> str:
-    """The paper's group-captioning instruction."""
+    """The paper's group-captioning instruction (for a single image: sum up that picture)."""
+    if num_images == 1:
+        return "Sum up the picture in a single statement."
     return f"Sum up the common factor in these {count_word(num_images)} pictures in a single statement."
 
 

@@ -14,7 +14,7 @@ from app.privacy import server_paths
 from benchmarks.load import REPO_ROOT, example_cases, pixel_bomb, run_load, serve_app
 from conftest import FAKE_SECRET
 
-EXAMPLE = sorted(str(p) for p in Path("examples/linked-star").glob("*.png"))
+EXAMPLE = sorted(str(p) for p in Path("tests/data/minilink-3").glob("*.png"))
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +139,8 @@ def test_temporary_files_stay_bounded(short_lived_app, tmp_path):
     for _ in range(2):
         client.predict([handle_file(f) for f in EXAMPLE], "Group captioning", "", "", 4, 0, api_name="/explain")
     during = files_in(short_lived_app.temp_dirs)
-    assert len(during) <= len(before) + 5 + 2, [str(p) for p in during if p not in before]
+    uploads = 5 + len(EXAMPLE)  # each fresh image, and the example's files once (stored by their content)
+    assert len(during) <= len(before) + uploads + 2, [str(p) for p in during if p not in before]
     assert not any(path.stat().st_size == 0 for path in during)
     deadline = time.monotonic() + 30
     while files_in(short_lived_app.temp_dirs) != before and time.monotonic() < deadline:
@@ -189,7 +190,8 @@ def test_each_refusal_is_one_line_in_the_log_and_never_a_traceback(short_lived_a
 
 def test_file_entries_name_only_files_in_gradios_cache(short_lived_app):
     """Gradio's file protocol names files by their server path (uploads, /config's examples): those paths are all
-    inside GRADIO_TEMP_DIR, <folder>/<content hash>/<name>, and no other server path (the app's folder) appears."""
+    inside GRADIO_TEMP_DIR, <folder>/<content hash>/<name>, and no other server path (the app's folder) appears. The
+    API page's example values name the repository's example files relative to its root (what a reader types)."""
     url, cache = short_lived_app.url, short_lived_app.temp_dirs[0]
     config = httpx.get(f"{url}config", timeout=30).json()
     with open(EXAMPLE[0], "rb") as image:
@@ -201,5 +203,9 @@ def test_file_entries_name_only_files_in_gradios_cache(short_lived_app):
         return [p for item in value for p in file_paths(item)] if isinstance(value, list) else []
 
     paths = [path for path in file_paths(config) + uploaded if not path.startswith("http")]  # URLs: Gradio's own samples
-    assert len(paths) > len(EXAMPLE) and all(Path(path).parent.parent == cache for path in paths), paths
+    documented = [path for path in paths if path.startswith("examples/")]
+    assert documented and all((REPO_ROOT / path).is_file() for path in documented)
+    served = [path for path in paths if path not in documented]
+    assert set(uploaded) <= set(served) and all(Path(path).parent.parent == cache for path in served), served
+    assert httpx.get(f"{url}gradio_api/file={documented[0]}", timeout=30).status_code == 403  # a name, not a file it serves
     assert str(REPO_ROOT) not in json.dumps(config)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from sam_core.cli import main
 
-EXAMPLE = sorted(str(p) for p in Path("examples/linked-star").glob("*.png"))
+EXAMPLE = sorted(str(p) for p in Path("tests/data/minilink-3").glob("*.png"))
 
 
 def run_cli(*args):
@@ -22,16 +22,17 @@ def test_generate_on_the_shipped_checkpoint_prints_both_answers():
     assert "guidance is the identity" not in done.stderr
 
 
-def test_the_decoy_example_shows_guidance_binding_what_the_baseline_mixes_up():
-    """The app's `minilink-decoys` example: every image holds a blue shape and a circle (the decoys) and a black
-    diamond (the link); the baseline, reading each image alone, answers the decoy pair."""
-    example = json.loads(Path("examples/minilink-decoys/example.json").read_text())[0]
-    images = [str(Path("examples/minilink-decoys") / name) for name in example["images"]]
-    done = run_cli("generate", "--images", *images, "--task", "group", "--json")
+def test_the_cli_gives_the_first_examples_measured_answers():
+    """The app's first example (chosen by `python -m app.examples`: SAM names the shared object, the baseline does
+    not), through the CLI: the same answers as measured when it was chosen."""
+    folder = Path("examples/group-sam-binds")
+    example = json.loads((folder / "example.json").read_text())[0]
+    images = [str(folder / name) for name in example["images"]]
+    done = run_cli("generate", "--images", *images, "--task", "group", "--max-new-tokens", "32", "--json")
     assert done.returncode == 0, done.stderr
     answers = json.loads(done.stdout)["answers"]
-    assert "black diamond" in example["reference"] and "black diamond" in answers["sam"]["text"]
-    assert "blue circle" in answers["baseline"]["text"]
+    assert {mode: answers[mode]["text"] for mode in ("sam", "baseline")} == example["answers"]
+    assert example["outcome"] == {"sam": "right", "baseline": "wrong"}
 
 
 def test_a_model_without_adapter_is_flagged(tiny_checkpoint):

@@ -17,7 +17,7 @@ from app.ui import build_demo
 from sam_core.generation import AnswerDeadline
 from sam_core.loading import EMBEDDED_DEFAULT
 
-EXAMPLE = sorted(str(p) for p in Path("examples/linked-star").glob("*.png"))
+EXAMPLE = sorted(str(p) for p in Path("tests/data/minilink-3").glob("*.png"))
 
 
 def api(service: SamService, name: str):

@@ -21,10 +21,11 @@ def test_storytelling_prompt_has_one_marker_per_image_and_ends_open(captions):
         assert f"{{image#{index}}}Caption#{index}:" in prompt
 
 
-@given(st.integers(min_value=1, max_value=1000))
+@given(st.integers(min_value=2, max_value=1000))
 def test_group_prompt_names_the_count(n):
     prompt = group_caption_prompt(n)
     assert prompt.startswith("Sum up the common factor in these ") and prompt.endswith(" pictures in a single statement.")
+    assert group_caption_prompt(1) == "Sum up the picture in a single statement."  # not "these one pictures"
 
 
 @settings(max_examples=150, deadline=None)

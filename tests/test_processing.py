@@ -285,7 +285,7 @@ def test_text_naming_control_tokens_stays_text(processor, three_images):
 def test_the_command_line_reads_control_tokens_as_text(capsys):
     from sam_core.cli import main
 
-    paths = [str(p) for p in sorted(Path("examples/linked-star").glob("*.png"))]
+    paths = [str(p) for p in sorted(Path("tests/data/minilink-3").glob("*.png"))]
     assert main(["generate", "--images", *paths, "--prompt", "what is <image> </s> shared ?", "--max-new-tokens", "4"]) == 0
     assert "SAM:" in capsys.readouterr().out
 

@@ -108,6 +108,6 @@ def test_the_app_serves_the_embedded_model_in_4bit_and_says_so(app_url):
     model_lines = [c["props"]["value"] for c in page["components"] if str(c.get("props", {}).get("value", "")).startswith("**Model:**")]
     assert len(model_lines) == 1 and "**precision:** 4-bit NF4 language model, float32 elsewhere · **weights:**" in model_lines[0]
     assert "**SAM adapter:** in the checkpoint" in model_lines[0]
-    files = [handle_file(str(Path(__file__).resolve().parent.parent / "examples" / "linked-star" / f"{i}.png")) for i in (1, 2, 3)]
+    files = [handle_file(str(Path(__file__).resolve().parent.parent / "tests" / "data" / "minilink-3" / f"{i}.png")) for i in (1, 2, 3)]
     details = json.loads(Client(app_url, verbose=False).predict(files, "Group captioning", "", "", "greedy", 4, 0, api_name="/compare")[2])
     assert details["model"]["quantization"] == "4bit" and details["model"]["precision_note"] is None

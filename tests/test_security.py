@@ -67,7 +67,7 @@ def test_gradios_own_checks_refuse_in_one_line_without_a_traceback(settings, cap
     wrong type, too few values) are refused like the app's own checks: one line. (Files nobody uploaded are checked
     only by a launched app: tests/test_app.py.)"""
     demo = build_demo(SamService(settings))
-    compare = page_event(demo, "run_compare")
+    compare = page_event(demo, "stream_answers")
     caption_count = len(compare.inputs) - 8  # gallery, task, question, the captions, then 5 decoding values
     valid = [None, "Group captioning", "", *[""] * caption_count, "greedy", 8, 1.0, 1.0, 0]
 
@@ -78,7 +78,7 @@ def test_gradios_own_checks_refuse_in_one_line_without_a_traceback(settings, cap
         (with_value(0, "x"), "Images (in order): not a valid value (expected uploaded file data)."),
         (with_value(1, "Poetry" * 10_000), "The request's values were refused: Value: 'PoetryPoetry"),
         (with_value(len(valid) - 4, 10_000), "The request's values were refused: Value 10000 is greater than maximum value"),
-        (valid[:2], "The request's values were refused: An event handler (run_compare) didn't receive enough input values"),
+        (valid[:2], "The request's values were refused: An event handler (stream_answers) didn't receive enough input values"),
     ]
     for inputs, message in cases:
         caplog.clear()
@@ -91,7 +91,7 @@ def test_gradios_own_checks_refuse_in_one_line_without_a_traceback(settings, cap
 
 def test_the_pages_own_refusals_print_no_traceback(settings):
     demo = build_demo(SamService(settings))
-    move = next(block_fn for block_fn in demo.fns.values() if block_fn.name == "<lambda>" and len(block_fn.inputs) == 2)
+    move = next(block_fn for block_fn in demo.fns.values() if block_fn.name == "<lambda>" and block_fn.fn.__defaults__ == ("earlier",))
     with pytest.raises(gr.Error, match="Select an image in the gallery first.") as refused:
         move.fn(None, None)
     assert not refused.value.print_exception

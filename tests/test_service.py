@@ -66,7 +66,7 @@ def test_prompt_problems_get_clear_messages_and_odd_text_is_answered(settings, t
 
     service = SamService(settings)
     compare = next(f.fn for f in build_demo(service).fns.values() if f.api_name == "compare")
-    files = [str(p) for p in sorted(Path("examples/linked-star").glob("*.png"))]
+    files = [str(p) for p in sorted(Path("tests/data/minilink-3").glob("*.png"))]
 
     def refused(message, task="Free question", question="", captions=""):
         with pytest.raises(gr.Error, match=message):
@@ -107,7 +107,7 @@ def test_the_explain_api_also_needs_exact_captions(settings):
     from app.ui import build_demo
 
     explain = next(f.fn for f in build_demo(SamService(settings)).fns.values() if f.api_name == "explain")
-    files = [str(p) for p in sorted(Path("examples/linked-star").glob("*.png"))]
+    files = [str(p) for p in sorted(Path("tests/data/minilink-3").glob("*.png"))]
     with pytest.raises(gr.Error, match="needs 2 captions .* got 3"):
         explain(files, "Storytelling", "", "a .\nb .\nc .", 4, 0)
 
@@ -232,7 +232,7 @@ def test_prompts_are_tokenised_outside_the_model_lock(settings, monkeypatch, thr
         raise InterruptedError
 
     monkeypatch.setattr(service.pipeline, "check_prompt", checked)
-    monkeypatch.setattr("app.service.explain", analysis_started)
+    monkeypatch.setattr("visualization.explain", analysis_started)  # imported by the service on first use
     list(service.compare(three_images, "what is shared ?", Decoding(max_new_tokens=2)))
     with pytest.raises(InterruptedError):
         service.explain(three_images, "what is shared ?", Decoding(max_new_tokens=2))

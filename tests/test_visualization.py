@@ -2,6 +2,7 @@
 sanity checks of the attributions, the HTML/JSON report and the CLI."""
 
 import base64
+import io
 import json
 import os
 import re
@@ -13,22 +14,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from matplotlib.figure import Figure
 from PIL import Image, ImageDraw
 
 from sam_core.generation import Answer, SamPipeline
 from sam_core.loading import LoadedSam, ModelInfo
 from visualization import (
-    alignment, attention_maps, capture, compare_attention, context_images, cross_attention_layers, explain,
-    guidance_maps, image_attribution, patch_attribution, plot_alignment, plot_attention_comparison,
-    plot_attention_maps, plot_guidance, plot_image_attribution, plot_patch_attribution, word_attribution,
+    NARROW, WIDE, TokenChoice, alignment, attention_maps, capture, compare_attention, context_images,
+    cross_attention_layers, explain, figure_png, guidance_maps, image_attribution, patch_attribution, plot_alignment,
+    plot_attention_comparison, plot_attention_maps, plot_guidance, plot_image_attribution, plot_patch_attribution,
+    word_attribution, word_highlights_html,
 )
-from visualization.attribution import reference_features
+from visualization.attention import comparison_rows
+from visualization.attribution import default_window, patch_rows, reference_features
 from visualization.capture import Capture, token_labels
 from visualization.cli import main as cli_main
-from visualization.common import square_image, to_grid
+from visualization.common import PANEL_PIXELS, square_image, to_grid
 
-EXAMPLE = sorted(str(p) for p in Path("examples/linked-star").glob("*.png"))
+EXAMPLE = sorted(str(p) for p in Path("tests/data/minilink-3").glob("*.png"))
 PROMPT = "what is the common shape in these pictures ?"
 GRID = 4  # tiny models: 32 px images, 8 px patches
 PATCHES = 1 + GRID * GRID
@@ -136,6 +138,11 @@ def argmax_cell(grid: np.ndarray) -> tuple[int, int]:
     return tuple(int(i) for i in np.unravel_index(np.argmax(grid), grid.shape))
 
 
+def png_size(figure) -> tuple[int, int]:
+    """The figure drawn as PNG: (width, height) in pixels (and a valid PNG, or this fails)."""
+    return Image.open(io.BytesIO(figure_png(figure))).size
+
+
 # ---------------------------------------------------------------------------------------------- guidance
 
 
@@ -161,7 +168,8 @@ def test_guidance_maps_all_sum_to_one_over_images_and_keep_the_grid(make_model, 
     np.testing.assert_allclose(maps.maps.sum(axis=0), np.ones((GRID, GRID)), atol=1e-6)
     np.testing.assert_allclose(maps.image_weights.sum(), 1.0, atol=1e-6)
     assert maps.maps[2, 1, 3] == alpha[2, 1 + 1 * GRID + 3] and maps.cls.tolist() == alpha[:, 0].tolist()
-    assert isinstance(plot_guidance(maps, scenes()), Figure)
+    for layout in (WIDE, NARROW):
+        assert png_size(plot_guidance(maps, scenes(), layout))[0] == layout.width * 100
 
 
 def test_guidance_maps_others_exclude_the_target(make_model, processor):
@@ -175,8 +183,10 @@ def test_guidance_maps_others_exclude_the_target(make_model, processor):
         assert not maps.maps[target, target].any() and maps.image_weights[target, target] == 0
     np.testing.assert_allclose(maps.image_weights.sum(axis=1), np.ones(3), atol=1e-6)
     figure = plot_guidance(maps, scenes())
-    assert len([ax for ax in figure.axes if ax.images]) == 3 + 1  # a row of maps per target, and the matrix
-    assert context_images(scenes(), maps).shape == (3, 128, 128, 3)
+    notes = [text for _, _, text, *_, box in figure.texts if box]
+    assert len(notes) == 3 * 3  # each target's row of maps, each panel labelled with its mean α
+    assert png_size(figure)[0] == WIDE.width * 100
+    assert context_images(scenes(), maps).shape == (3, PANEL_PIXELS, PANEL_PIXELS, 3)
 
 
 def test_guidance_peak_and_context_image_line_up_with_the_grid(make_model, processor):
@@ -249,7 +259,7 @@ def test_context_stream_attends_to_the_other_images_peaks(make_model, processor)
         assert maps[target][cell] < 0.05  # its own peak is not in its context
         assert all(maps[target][other] > 0.2 for other in others)
     pictures = context_images(scenes(), guidance_maps(sam))
-    assert pictures.shape == (3, 128, 128, 3) and isinstance(plot_attention_maps(context, list(pictures)), Figure)
+    assert pictures.shape == (3, PANEL_PIXELS, PANEL_PIXELS, 3) and png_size(plot_attention_maps(context, list(pictures)))
 
 
 def test_attention_normalisation_selection_and_shared_scale(make_model, processor):
@@ -270,12 +280,10 @@ def test_attention_normalisation_selection_and_shared_scale(make_model, processo
     np.testing.assert_allclose(comparison.difference, comparison.sam.maps - comparison.baseline.maps)
     assert np.abs(comparison.difference).max() > 1e-4  # guidance acts before the last layer's cross-attention
     assert comparison.vmax == pytest.approx(max(comparison.sam.maps.max(), comparison.baseline.maps.max()))
-    figure = plot_attention_comparison(comparison, scenes())
-    rows = [ax for ax in figure.axes if ax.images]  # one axes per row: SAM, baseline, difference
-    assert len(rows) == 3
-    assert rows[0].images[-1].get_clim() == rows[1].images[-1].get_clim() == (0.0, comparison.vmax)
-    difference_clim = rows[2].images[-1].get_clim()
-    assert difference_clim[0] == -difference_clim[1] < 0
+    sam_row, baseline_row, difference_row = comparison_rows(comparison)  # what plot_attention_comparison draws
+    assert sam_row.scale == baseline_row.scale and (sam_row.scale.low, sam_row.scale.high) == (0.0, comparison.vmax)
+    assert difference_row.scale.low == -difference_row.scale.high < 0 and difference_row.scale.signed
+    assert png_size(plot_attention_comparison(comparison, scenes(), NARROW))[0] == NARROW.width * 100
     for bad in ({"head": 9}, {"query": 7}, {"head": "median"}):
         with pytest.raises(ValueError):
             attention_maps(sam, **bad)
@@ -441,12 +449,6 @@ def test_word_attribution_masks_the_word_in_the_prompt_and_the_instruction(activ
     result = word_attribution(active_pipeline, run_, "sam")
     assert result.words == PROMPT.split() and "".join(result.pieces) == PROMPT
     assert result.scores.shape == (1 + len(run_.answer_ids["sam"]), len(result.words))
-    pairs = result.highlighted()
-    assert [text for text, _ in pairs] == result.pieces
-    assert max(abs(score) for _, score in pairs) == pytest.approx(1.0)
-    assert len(result.highlighted(token=0)) == len(result.words)
-    shared = 2 * float(np.abs(result.scores[0]).max())  # a limit shared with another mode's scores
-    assert max(abs(score) for _, score in result.highlighted(limit=shared)) == pytest.approx(0.5)
     # By hand: "shape" is one token for both word-level tokenizers; mask it in both sequences.
     processor = active_pipeline.processor
     qformer_ids = run_.inputs["qformer_input_ids"]
@@ -468,16 +470,54 @@ def test_progress_hook_reaches_one(active_pipeline):
     assert len(seen) == 4 and fractions == sorted(fractions) and fractions[-1] == 1.0 and "images" in seen[0][1]
 
 
-def test_attribution_figures_share_one_scale(active_pipeline):
+def test_token_choice_pairs_the_same_word_or_says_the_baseline_has_none():
+    sam, baseline = ["every", "picture", "shows", "a", "red", "star", "."], ["every", "picture", "shows", "a", "blue", "star", "."]
+    whole = TokenChoice.of(sam, baseline, None)
+    assert (whole.row("sam"), whole.row("baseline")) == (0, 0) and whole.label("sam") == "the whole answer"
+    star = TokenChoice.of(sam, baseline, 5)
+    assert (star.row("sam"), star.row("baseline")) == (6, 6) and star.label("baseline") == "token 6 “star”"
+    red = TokenChoice.of(sam, baseline, 4)
+    assert red.row("sam") == 5 and red.row("baseline") is None and red.baseline_missing
+    assert red.label("baseline") == "no “red” in its answer"
+    repeated = TokenChoice.of(["a", "star", "a", "star"], ["star", "a", "a"], 2)  # SAM's second "a": the baseline's second
+    assert repeated.baseline == 2
+
+
+def test_attribution_views_follow_the_token_choice_on_one_scale(active_pipeline):
     run_ = run(active_pipeline, scenes())
+    sam_tokens, baseline_tokens = run_.tokens["sam"], run_.tokens["baseline"]
     images = {mode: image_attribution(active_pipeline, run_, mode) for mode in ("sam", "baseline")}
-    figure = plot_image_attribution(images["sam"], images["baseline"])
-    heatmaps = [ax.images[-1].get_clim() for ax in figure.axes if ax.images]
-    assert len(heatmaps) == 2 and heatmaps[0] == heatmaps[1]
     patches = {mode: patch_attribution(active_pipeline, run_, mode) for mode in ("sam", "baseline")}
-    figure = plot_patch_attribution(patches["sam"], patches["baseline"], run_.images)
-    limits = {ax.images[-1].get_clim() for ax in figure.axes if ax.images}
-    assert len(limits) == 1 and next(iter(limits))[0] == -next(iter(limits))[1]
+    whole, first = TokenChoice(), TokenChoice.of(sam_tokens, baseline_tokens, 0)
+    rows = patch_rows(patches["sam"], patches["baseline"], first)
+    assert len({row.scale for row in rows}) == 1 and rows[0].scale.signed  # SAM and baseline: one symmetric scale
+    np.testing.assert_array_equal(rows[0].maps, patches["sam"].maps(0))
+    for plot, attributions in ((plot_image_attribution, images), (plot_patch_attribution, patches)):
+        extra = (run_.images,) if plot is plot_patch_attribution else ()
+        drawn = {choice: figure_png(plot(attributions["sam"], attributions["baseline"], *extra, choice)) for choice in (whole, first)}
+        assert drawn[whole] != drawn[first]  # the figure shows the chosen token, not always the whole answer
+    words = {mode: word_attribution(active_pipeline, run_, mode) for mode in ("sam", "baseline")}
+    page = word_highlights_html(words, first)
+    shown = [words[mode].scores[first.row(mode)] for mode in ("sam", "baseline") if first.row(mode) is not None]
+    limit = max(float(np.abs(row).max()) for row in shown)
+    assert f"+{limit:.2g}" in page and "token 1" in page  # one legend, in Δ log p, for both modes
+
+
+def test_default_patch_window_comes_from_the_grid_and_finds_the_crafted_cell(make_model, processor):
+    """An 8 × 8 patch grid gets 2 × 2-patch blocks (4 × 4 per image); the one informative patch still puts the
+    peak on its block, and every patch of that block shows the same score."""
+    pipeline = pipeline_for(sensitive(make_model(active=True)), processor)
+    side = 8
+    features = torch.zeros(1, 3, 1 + side * side, VISION_WIDTH)
+    features[0, 2, 1 + 5 * side + 2] = torch.randn(VISION_WIDTH, generator=torch.Generator().manual_seed(1)) * 5  # patch (5, 2)
+    run_ = capture_from_features(pipeline, features)
+    assert default_window(side) == 2 and default_window(4) == 1 and default_window(16) == 4
+    result = patch_attribution(pipeline, run_, "baseline", reference="zeros")
+    maps = np.abs(result.maps())  # (N, 8, 8)
+    assert result.window == 2 and argmax_cell(maps[2]) in {(4, 2), (4, 3), (5, 2), (5, 3)}
+    assert np.all(maps[2, 4:6, 2:4] == maps[2, 4, 2]) and maps[2, 4, 2] > 1e-3
+    maps[2, 4:6, 2:4] = 0
+    assert maps.max() < 1e-5
 
 
 # ---------------------------------------------------------------------------------------------- alignment
@@ -499,7 +539,7 @@ def test_alignment_matrix_and_score(make_model, processor):
     assert alignment(baseline).similarity[0, 2] == pytest.approx(1.0, abs=1e-5)
     assert alignment(baseline).similarity[0, 1] < 0.99
     assert alignment(sam).score != pytest.approx(alignment(baseline).score, abs=1e-4)
-    assert isinstance(plot_alignment(alignment(sam), alignment(baseline)), Figure)
+    assert png_size(plot_alignment(alignment(sam), alignment(baseline), NARROW))[0] == NARROW.width * 100
     single = model.extract_visual_tokens(inputs["qformer_input_ids"], inputs["qformer_attention_mask"], inputs["pixel_values"][:, :1])
     assert np.isnan(alignment(single).score)
 
@@ -569,7 +609,7 @@ def test_report_for_a_single_image_has_no_guidance(make_model, processor, tmp_pa
     report = explain(pipeline, scenes()[:1], PROMPT, max_new_tokens=2)
     assert report.guidance is None and report.context_attention is None
     page, numbers = report.write(tmp_path / "single.html")
-    assert "No guidance" in page.read_text() and json.loads(numbers.read_text())["alignment"]["sam"]["score"] is None
+    assert "Guidance needs two or more images" in page.read_text() and json.loads(numbers.read_text())["alignment"]["sam"]["score"] is None
 
 
 def test_cli_explains_the_shipped_example_end_to_end(tmp_path):

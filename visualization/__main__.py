@@ -1,5 +1,9 @@
+import gc
 import sys
 
 from .cli import main
 
-sys.exit(main())
+gc.freeze()  # what start-up created stays out of every later collection, the one at exit too (see sam_core.startup)
+code = main()
+gc.freeze()
+sys.exit(code)

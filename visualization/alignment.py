@@ -7,13 +7,13 @@ in every image, so images are compared slot by slot: similarity(i, j) = mean_k c
 
 from dataclasses import dataclass
 
+import matplotlib
 import numpy as np
 import torch
-from matplotlib.figure import Figure
 
 from sam_core.modeling import SamVisualTokens
 
-from .common import SIMILARITY_CMAP, add_colorbar, new_figure, numpy
+from .common import DPI, SIMILARITY_CMAP, WIDE, Canvas, Layout, Scale, matrix_image, numpy, wrapped
 
 
 @dataclass
@@ -34,18 +34,38 @@ def alignment(visual: SamVisualTokens, sample: int = 0) -> Alignment:
     return Alignment(similarity, score)
 
 
-def plot_alignment(sam: Alignment, baseline: Alignment) -> Figure:
-    """The two similarity matrices side by side on one colour scale (the values are in `Alignment.similarity`)."""
-    figure, axes = new_figure([2.4], 2, margins=(0.45, 0.85, 0.55, 0.45), wspace=0.25)
-    low = float(min(sam.similarity.min(), baseline.similarity.min()))
+def plot_alignment(sam: Alignment, baseline: Alignment, layout: Layout = WIDE) -> Canvas:
+    """The two similarity matrices side by side on one colour scale, each cell labelled with its value."""
     num_images = sam.similarity.shape[0]
-    labels = [str(index + 1) for index in range(num_images)]
-    for ax, (title, result) in zip(axes[0], (("SAM", sam), ("baseline", baseline))):
-        mappable = ax.imshow(result.similarity, cmap=SIMILARITY_CMAP, vmin=low, vmax=1.0)
-        ax.set_xticks(range(num_images), labels)
-        ax.set_yticks(range(num_images), labels)
-        ax.set_xlabel("image", fontsize=8)
-        ax.set_title(f"{title}: alignment {result.score:.3f}", fontsize=9)
-    add_colorbar(figure, mappable, axes[0].tolist(), "mean cosine similarity")
-    figure.suptitle("Cross-image similarity of the visual tokens", fontsize=10)
-    return figure
+    width, pt = layout.width * DPI, DPI / 72
+    left, gap = 30, 40 if layout.narrow else 70
+    side = int(min(300, (width - 2 * left - gap) / 2))
+    cell = side // num_images
+    side = cell * num_images
+    title = wrapped("How alike the images' visual tokens are", layout)
+    title_height = (title.count("\n") + 1) * layout.title * pt * 1.25 + 12
+    heading = 2 * layout.label * pt * 1.3 + 6
+    bar_block = 12 + 8 + layout.tick * pt * 1.4 + 2 * layout.label * pt * 1.5 + 10
+    scale = Scale(SIMILARITY_CMAP, float(min(sam.similarity.min(), baseline.similarity.min())), 1.0,
+                  wrapped("mean cosine similarity of two images' visual tokens", layout, layout.label))
+    canvas = Canvas(width, title_height + heading + side + layout.tick * pt * 2 + 16 + bar_block)
+    canvas.text(width / 2, 8, title, layout.title, ha="center", va="top")
+    colours = matplotlib.colormaps[SIMILARITY_CMAP]
+    norm = scale.norm()
+    value_size = layout.tick if cell >= 34 else layout.tick * 0.8
+    top = title_height + heading
+    for column, (name, result) in enumerate((("SAM", sam), ("baseline", baseline))):
+        x = left + column * (side + gap)
+        score = "one image" if np.isnan(result.score) else f"alignment {result.score:.3f}"
+        canvas.text(x + side / 2, top - 4, f"{name}{chr(10) if layout.narrow else ': '}{score}", layout.label, ha="center", va="bottom")
+        canvas.image(matrix_image(result.similarity, scale, cell, cell), x, top)
+        for index in range(num_images):
+            canvas.text(x - 4, top + (index + 0.5) * cell, str(index + 1), layout.tick, ha="right", va="center")
+            canvas.text(x + (index + 0.5) * cell, top + side + 3, str(index + 1), layout.tick, ha="center", va="top")
+        if num_images <= 6:
+            for (row, col), value in np.ndenumerate(result.similarity):
+                dark = sum(colours(norm(value))[:3]) < 1.5
+                canvas.text(x + (col + 0.5) * cell, top + (row + 0.5) * cell, f"{value:.2f}", value_size, ha="center",
+                            va="center", color="white" if dark else "black")
+    canvas.colorbar(scale, left + 10, canvas.height - bar_block + 2, 2 * side + gap - 20, layout)
+    return canvas

@@ -10,14 +10,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from matplotlib.figure import Figure
 from PIL import Image
 
 from sam_core.modeling import SamVisualTokens
 
 from .common import (
-    ATTENTION_CMAP, SIGNED_CMAP, add_colorbar, new_figure, numpy, overlay_row, panel_labels, row_height,
-    square_image, symmetric_limit, to_grid, upper_limit,
+    ATTENTION_CMAP, SIGNED_CMAP, WIDE, Canvas, Layout, MapRow, Scale, numpy, overlay_figure, symmetric_limit, to_grid,
+    upper_limit,
 )
 
 STREAMS = ("image", "context")
@@ -133,33 +132,40 @@ def selection_label(maps: AttentionMaps) -> str:
     return f"layer {maps.layer}, {head}, {query}"
 
 
-def plot_attention_comparison(comparison: AttentionComparison, images: Sequence[Image.Image]) -> Figure:
-    """Rows SAM, baseline (shared scale from 0) and SAM − baseline (diverging); one column per image."""
-    pictures = [square_image(image) for image in images]
-    figure, axes = new_figure([row_height(len(pictures))] * 3)
-    rows = (
-        ("SAM", pictures, comparison.sam.maps, ATTENTION_CMAP, 0.0, comparison.vmax),
-        ("baseline", pictures, comparison.baseline.maps, ATTENTION_CMAP, 0.0, comparison.vmax),
-        ("SAM − baseline", None, comparison.difference, SIGNED_CMAP, -comparison.difference_limit, comparison.difference_limit),
-    )
-    for row, (label, underlay, maps, cmap, vmin, vmax) in enumerate(rows):
-        labels = panel_labels(len(pictures)) if row == 0 else None
-        mappable = overlay_row(axes[row, 0], underlay, maps, cmap, vmin, vmax, labels, label)
-        if row > 0:  # SAM and baseline share one scale and so one colour bar
-            add_colorbar(figure, mappable, axes[:2, 0].tolist() if row == 1 else axes[2, 0], ("attention", "difference")[row - 1])
-    figure.suptitle(f"Image-stream cross-attention ({selection_label(comparison.sam)})", fontsize=10)
-    return figure
+def attention_scale(vmax: float) -> Scale:
+    return Scale(ATTENTION_CMAP, 0.0, vmax, "attention on the patch (SAM and baseline)")
 
 
-def plot_attention_maps(maps: AttentionMaps, pictures: Sequence[np.ndarray | Image.Image], vmax: float | None = None) -> Figure:
+def plot_attention_comparison(comparison: AttentionComparison, images: Sequence[Image.Image], layout: Layout = WIDE) -> Canvas:
+    """Rows SAM, baseline (one shared scale from 0) and SAM − baseline (diverging, square-root scale); one
+    column per image (narrow: one row per image)."""
+    title = f"Where the Q-Former's queries look ({selection_label(comparison.sam)})"
+    return overlay_figure(list(images), comparison_rows(comparison), title, layout)
+
+
+def comparison_rows(comparison: AttentionComparison) -> list[MapRow]:
+    """SAM and the baseline on one scale from 0, their difference on a symmetric square-root scale."""
+    shared = attention_scale(comparison.vmax)
+    limit = comparison.difference_limit
+    difference = Scale(SIGNED_CMAP, -limit, limit, "SAM − baseline (square-root scale)", root=True)
+    return [
+        MapRow("SAM", comparison.sam.maps, shared),
+        MapRow("baseline", comparison.baseline.maps, shared),
+        MapRow("SAM − baseline", comparison.difference, difference),
+    ]
+
+
+def plot_attention_maps(
+    maps: AttentionMaps, pictures: Sequence[np.ndarray | Image.Image], vmax: float | None = None, layout: Layout = WIDE,
+    images: Sequence[Image.Image] | None = None,
+) -> Canvas:
     """One stream's maps over the given pictures (the images, or `guidance.context_images` for the context
-    stream; one picture is reused for every image when all share one context)."""
-    pictures = [square_image(p) if isinstance(p, Image.Image) else p for p in pictures]
+    stream; one picture is reused for every image when all share one context). `images`: the input images for
+    the colour row (default: the pictures themselves)."""
     num_images = maps.maps.shape[0]
-    figure, axes = new_figure([row_height(num_images)])
-    vmax = upper_limit(maps.maps) if vmax is None else vmax
     underlay = [pictures[index % len(pictures)] for index in range(num_images)]
-    mappable = overlay_row(axes[0, 0], underlay, maps.maps, ATTENTION_CMAP, 0.0, vmax, panel_labels(num_images))
-    add_colorbar(figure, mappable, axes[0, 0], "attention")
-    figure.suptitle(f"{maps.stream.capitalize()}-stream cross-attention ({selection_label(maps)})", fontsize=10)
-    return figure
+    shown = list(images) if images is not None else underlay
+    scale = Scale(ATTENTION_CMAP, 0.0, upper_limit(maps.maps) if vmax is None else vmax, "attention on the patch")
+    label = "over its context" if maps.stream == "context" else "attention"
+    title = f"{maps.stream.capitalize()}-stream attention ({selection_label(maps)})"
+    return overlay_figure(shown, [MapRow(label, maps.maps, scale)], title, layout, underlays=[underlay])

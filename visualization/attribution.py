@@ -34,7 +34,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from captum.attr import FeatureAblation
-from matplotlib.figure import Figure
 from PIL import Image
 
 from sam_core.generation import SamPipeline
@@ -43,12 +42,15 @@ from sam_core.processing import QFORMER_MAX_TOKENS
 
 from .capture import MODES, Capture
 from .common import (
-    BASELINE_COLOUR, SAM_COLOUR, SIGNED_CMAP, Progress, add_colorbar, grid_side, new_figure, new_grid, numpy,
-    overlay_row, panel_labels, row_height, square_image, symmetric_limit,
+    BASELINE_COLOUR, DPI, SAM_COLOUR, SIGNED_CMAP, WIDE, Canvas, Layout, MapRow, Progress, Scale, grid_side, matrix_image,
+    numpy, overlay_figure, symmetric_limit, to_rgb_bytes, wrapped,
 )
 
 REFERENCES = ("blank", "zeros", "mean")
-MAX_CELLS = 8  # default patch window: at most 8 × 8 occlusion cells per image (2 × 2 patches at full size)
+# Default patch window: at most 4 × 4 occlusion cells per image (2 × 2 patches of the embedded model's 8 × 8 grid,
+# 4 × 4 of the full model's 16 × 16), about what the maps can resolve: MiniLINK places its objects on a 3 × 3 grid,
+# and each halving of the window quadruples the passes. `default_window` gives it; a caller may pass a finer one.
+MAX_CELLS = 4
 
 
 @dataclass
@@ -89,12 +91,6 @@ class WordAttribution:
     pieces: list[str]
     scores: np.ndarray
 
-    def highlighted(self, token: int | None = None, limit: float | None = None) -> list[tuple[str, float]]:
-        """(text, score in [-1, 1]) pairs for gradio's HighlightedText, for the whole answer (None) or one token,
-        divided by `limit` (default: the row's largest |score|; pass one limit to compare SAM and baseline)."""
-        row = self.scores[0 if token is None else token + 1]
-        limit = limit or float(np.abs(row).max()) or 1.0
-        return [(piece, float(np.clip(value / limit, -1.0, 1.0))) for piece, value in zip(self.pieces, row)]
 
 
 class AnswerScorer:
@@ -217,6 +213,11 @@ def image_attribution(
     return ImageAttribution(mode, capture.tokens[mode], log_probs, scores, reference)
 
 
+def default_window(side: int) -> int:
+    """The patch window for a side × side grid: the smallest giving at most MAX_CELLS × MAX_CELLS cells."""
+    return max(1, math.ceil(side / MAX_CELLS))
+
+
 def patch_attribution(
     pipeline: SamPipeline,
     capture: Capture,
@@ -226,12 +227,12 @@ def patch_attribution(
     perturbations_per_eval: int = 32,
     progress: Progress | None = None,
 ) -> PatchAttribution:
-    """A heatmap per image: occlude window × window blocks of patch features (default: at most 8 × 8 blocks)."""
+    """A heatmap per image: occlude window × window blocks of patch features (default: `default_window`)."""
     scorer = AnswerScorer(pipeline.model, capture, mode)
     replacement = reference_features(pipeline.model, capture, mode, reference)
     num_images, num_patches = scorer.features.shape[1:3]
     side = grid_side(num_patches)
-    window = window or max(1, math.ceil(side / MAX_CELLS))
+    window = window or default_window(side)
     if not 1 <= window <= side:
         raise ValueError(f"window must lie in [1, {side}] for a {side}×{side} patch grid, got {window}")
 
@@ -294,55 +295,155 @@ def word_attribution(
     return WordAttribution(mode, capture.tokens[mode], log_probs, words, pieces, scores)
 
 
-def plot_image_attribution(sam: ImageAttribution, baseline: ImageAttribution) -> Figure:
-    """The whole answer's score per image, SAM next to the baseline (bars), and per mode the token × image
-    scores on one shared diverging scale. Each mode explains its own answer, so the token rows differ."""
+@dataclass(frozen=True)
+class TokenChoice:
+    """Which answer token each mode's attribution shows. `sam`: SAM's token (0-based; None: the whole answer);
+    `baseline`: the baseline's token for the same word at the same occurrence (its second "circle" for SAM's
+    second), None for the whole answer or where the baseline's answer has no such word (`baseline_missing`)."""
+
+    sam: int | None = None
+    baseline: int | None = None
+    word: str | None = None
+
+    @classmethod
+    def of(cls, sam_tokens: list[str], baseline_tokens: list[str], token: int | None) -> "TokenChoice":
+        if token is None:
+            return cls()
+        word = sam_tokens[token]
+        occurrence = sam_tokens[:token].count(word)
+        positions = [index for index, label in enumerate(baseline_tokens) if label == word]
+        return cls(token, positions[occurrence] if occurrence < len(positions) else None, word)
+
+    @property
+    def baseline_missing(self) -> bool:
+        return self.word is not None and self.baseline is None
+
+    def label(self, mode: str) -> str:
+        """What `mode`'s attribution is of, e.g. 'token 6 “diamond”', 'the whole answer'."""
+        token = self.sam if mode == "sam" else self.baseline
+        if self.word is None:
+            return "the whole answer"
+        if token is None:
+            return f"no “{self.word}” in its answer"
+        return f"token {token + 1} “{self.word}”"
+
+    def row(self, mode: str) -> int | None:
+        """The attribution row (0: whole answer, t + 1: token t), None where the mode has no such token."""
+        if self.word is None:
+            return 0
+        token = self.sam if mode == "sam" else self.baseline
+        return None if token is None else token + 1
+
+
+def token_axis_labels(tokens: list[str]) -> list[str]:
+    return [f"{index + 1} {token}" for index, token in enumerate(tokens)]
+
+
+def plot_image_attribution(
+    sam: ImageAttribution, baseline: ImageAttribution, choice: TokenChoice = TokenChoice(), layout: Layout = WIDE
+) -> Canvas:
+    """Bars: each image's score for the chosen token (or the whole answer), SAM next to the baseline; below, per
+    mode, the token × image scores on one shared diverging scale with the chosen token's row outlined. Each mode
+    explains its own answer, so the token rows differ. Wide: the two token maps side by side; narrow: stacked."""
     num_images = sam.scores.shape[1]
-    longest = max(len(sam.tokens), len(baseline.tokens))
-    figure, grid = new_grid([1.1, max(0.6, 0.17 * longest)], 2, margins=(0.85, 0.85, 0.55, 0.4), hspace=0.3, wspace=0.6)
-    bars = figure.add_subplot(grid[0, :])
-    positions = np.arange(num_images)
-    for offset, (title, attribution, colour) in zip((-0.2, 0.2), (("SAM", sam, SAM_COLOUR), ("baseline", baseline, BASELINE_COLOUR))):
-        bars.bar(positions + offset, attribution.scores[0], width=0.38, color=colour, label=title)
-    limit = symmetric_limit(sam.scores[0], baseline.scores[0]) * 1.15
-    bars.axhline(0.0, color="black", linewidth=0.6)
-    bars.set_ylim(-limit, limit)
-    bars.set_yticks([-limit, 0.0, limit], [f"{-limit:.2g}", "0", f"{limit:.2g}"], fontsize=7)
-    bars.set_xticks(positions, [f"image {index + 1}" for index in positions], fontsize=8)
-    bars.set_ylabel("Δ log p(answer)", fontsize=8)
-    bars.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
-    bars.set_title("Whole answer: log-prob drop when the image is blanked", fontsize=9)
+    narrow, width, pt = layout.narrow, layout.width * DPI, DPI / 72
+    word = "the answer" if choice.word is None else f"“{choice.word}”"
+    title = wrapped(f"How much {word} depends on each image (drop in log-probability when the image is blanked)", layout)
+    line = layout.tick * pt * 1.5
+    shown = [(mode, attribution) for mode, attribution in (("sam", sam), ("baseline", baseline)) if choice.row(mode) is not None]
+    legend = [(SAM_COLOUR if mode == "sam" else BASELINE_COLOUR, f"{'SAM' if mode == 'sam' else 'baseline'}: {choice.label(mode)}")
+              for mode, _ in shown]
+    if choice.baseline_missing:
+        legend.append((BASELINE_COLOUR, f"baseline: no “{choice.word}” in its answer"))
+    left = 70 if narrow else 110
+    plot_width = width - left - 15
+    title_height = (title.count("\n") + 1) * layout.title * pt * 1.25 + 12
+    legend_height = len(legend) * line + 6
+    bars_height = 120 if narrow else 150
+    cell_height = round(layout.tick * pt * 1.9)
+    label_width = 95 if narrow else 120
+    heat_width = (width - label_width - 15) if narrow else (width - 2 * label_width - 40) / 2
+    heights = {mode: cell_height * len(attribution.tokens) for mode, attribution in (("sam", sam), ("baseline", baseline))}
+    block = line * 2 + 10  # a map's title above it, its image numbers under it
+    maps_height = (sum(heights.values()) + 2 * block) if narrow else max(heights.values()) + block
+    bar_block = 12 + 8 + layout.tick * pt * 1.4 + layout.label * pt * 1.5 + 10
+    canvas = Canvas(width, title_height + legend_height + bars_height + line + 20 + maps_height + 14 + bar_block)
+    canvas.text(width / 2, 8, title, layout.title, ha="center", va="top")
+    y = title_height
+    for index, (colour, text) in enumerate(legend):
+        canvas.image(np.full((10, 18, 3), to_rgb_bytes(colour), dtype=np.uint8), left, y + index * line + 2)
+        canvas.text(left + 24, y + index * line, text, layout.tick, va="top")
+    y += legend_height
+    values = [attribution.scores[choice.row(mode)] for mode, attribution in shown]
+    limit = symmetric_limit(*values) * 1.15
+    colours = [SAM_COLOUR if mode == "sam" else BASELINE_COLOUR for mode, _ in shown]
+    canvas.image(bar_chart(values, colours, limit, int(plot_width), bars_height), left, y)
+    for value, anchor in ((limit, "top"), (0.0, "center"), (-limit, "bottom")):
+        row = y + bars_height / 2 * (1 - value / limit)
+        canvas.text(left - 6, row, f"{value:.2g}" if value else "0", layout.tick, ha="right", va=anchor)
+    canvas.text(14, y + bars_height / 2, "Δ log p", layout.label, rotation=90, ha="center", va="center")
+    group = plot_width / num_images
+    for index in range(num_images):
+        canvas.text(left + (index + 0.5) * group, y + bars_height + 4, f"image {index + 1}", layout.tick, ha="center", va="top")
+    y += bars_height + line + 20
     token_limit = symmetric_limit(sam.scores[1:], baseline.scores[1:])
-    labels = [str(index + 1) for index in range(num_images)]
-    heatmaps = [figure.add_subplot(grid[1, column]) for column in range(2)]
-    for tokens, (title, attribution) in zip(heatmaps, (("SAM", sam), ("baseline", baseline))):
-        mappable = tokens.imshow(
-            attribution.scores[1:], cmap=SIGNED_CMAP, vmin=-token_limit, vmax=token_limit, aspect="auto", interpolation="nearest"
-        )
-        tokens.set_xticks(range(num_images), labels, fontsize=7)
-        tokens.set_yticks(range(len(attribution.tokens)), attribution.tokens, fontsize=7)
-        tokens.set_xlabel("image", fontsize=8)
-        tokens.set_title(f"{title}: per answer token", fontsize=9)
-    add_colorbar(figure, mappable, heatmaps, "Δ log p(token)")
-    figure.suptitle("Image attribution", fontsize=10)
-    return figure
+    scale = Scale(SIGNED_CMAP, -token_limit, token_limit, "Δ log p(token) when the image is blanked")
+    cell_width = int(heat_width // num_images)
+    for index, (mode, attribution) in enumerate((("sam", sam), ("baseline", baseline))):
+        x = label_width if narrow else label_width + index * (heat_width + label_width + 10)
+        top = y + line + 4 if not narrow else y + line + 4 + (0 if index == 0 else heights["sam"] + block)
+        chosen = choice.sam if mode == "sam" else choice.baseline
+        canvas.text(x + cell_width * num_images / 2, top - 4, f"{'SAM' if mode == 'sam' else 'baseline'}: answer token × image",
+                    layout.label, ha="center", va="bottom")
+        canvas.image(matrix_image(attribution.scores[1:], scale, cell_width, cell_height, chosen), x, top)
+        for row, label in enumerate(token_axis_labels(attribution.tokens)):
+            canvas.text(x - 5, top + (row + 0.5) * cell_height, label, layout.tick, ha="right", va="center",
+                        weight="bold" if row == chosen else "normal")
+        for column in range(num_images):
+            canvas.text(x + (column + 0.5) * cell_width, top + heights[mode] + 3, str(column + 1), layout.tick, ha="center", va="top")
+    canvas.colorbar(scale, 40, canvas.height - bar_block + 2, width - 80, layout)
+    return canvas
+
+
+def bar_chart(values: list[np.ndarray], colours: list[str], limit: float, width: int, height: int) -> np.ndarray:
+    """(height, width, 3) uint8: a group of bars per position (one per series, side by side) from a zero line,
+    the vertical range ±limit, a light frame."""
+    image = np.full((height, width, 3), 255, dtype=np.uint8)
+    zero = height // 2
+    positions = len(values[0])
+    group = width / positions
+    bar = group * 0.76 / len(values)
+    for series, (row, colour) in enumerate(zip(values, colours)):
+        for position, value in enumerate(row):
+            x0 = int(position * group + group * 0.12 + series * bar)
+            extent = int(round(abs(float(value)) / limit * (height / 2)))
+            y0, y1 = (zero - extent, zero) if value >= 0 else (zero, zero + extent)
+            image[y0:y1, x0:int(x0 + bar) - 1] = to_rgb_bytes(colour)
+    image[zero], image[[0, -1]], image[:, [0, -1]] = 0, 190, 190
+    return image
 
 
 def plot_patch_attribution(
-    sam: PatchAttribution, baseline: PatchAttribution, images: list[Image.Image], token: int | None = None
-) -> Figure:
-    """Rows SAM and baseline, one column per image, on one diverging scale (red: the block supports the answer)."""
-    pictures = [square_image(image) for image in images]
-    figure, axes = new_figure([row_height(len(pictures))] * 2)
-    maps = {"SAM": sam.maps(token), "baseline": baseline.maps(token)}
+    sam: PatchAttribution, baseline: PatchAttribution, images: list[Image.Image], choice: TokenChoice = TokenChoice(),
+    layout: Layout = WIDE,
+) -> Canvas:
+    """Rows SAM and baseline (left out where the baseline's answer has no chosen word), one column per image,
+    on one diverging square-root scale (red: the block supports the answer)."""
+    rows = patch_rows(sam, baseline, choice)
+    target = "the whole answer" if choice.word is None else f"“{choice.word}”"
+    note = f"; the baseline's answer has no “{choice.word}”" if choice.baseline_missing else ""
+    title = f"What each {sam.window}×{sam.window}-patch block adds to {target} (red: supports it{note})"
+    return overlay_figure(list(images), rows, title, layout)
+
+
+def patch_rows(sam: PatchAttribution, baseline: PatchAttribution, choice: TokenChoice) -> list[MapRow]:
+    """Each mode's maps for the chosen token (none for a mode whose answer lacks the word), on one symmetric
+    square-root scale."""
+    maps = {mode: attribution.scores[choice.row(mode)] for mode, attribution in (("sam", sam), ("baseline", baseline))
+            if choice.row(mode) is not None}
     limit = symmetric_limit(*maps.values())
-    for row, (label, grids) in enumerate(maps.items()):
-        labels = panel_labels(len(pictures)) if row == 0 else None
-        mappable = overlay_row(axes[row, 0], pictures, grids, SIGNED_CMAP, -limit, limit, labels, label)
-    add_colorbar(figure, mappable, axes[:, 0].tolist(), "Δ log p")
-    target = "whole answer" if token is None else f"answer token {token + 1}"
-    figure.suptitle(f"Patch occlusion ({sam.window}×{sam.window} patches, {target})", fontsize=10)
-    return figure
+    scale = Scale(SIGNED_CMAP, -limit, limit, "Δ log p when the block is blanked (square-root scale)", root=True)
+    return [MapRow("SAM" if mode == "sam" else "baseline", grids, scale) for mode, grids in maps.items()]
 
 
 @dataclass

@@ -5,6 +5,7 @@ from (run with `output_attentions=True`), never from a second pass, so what the 
 answers were conditioned on.
 """
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from sam_core.loading import ModelInfo
 from sam_core.modeling import SamVisualTokens
 from sam_core.processing import load_image
 
-from .common import Progress
+from .common import PANEL_PIXELS, Progress
 
 MODES = ("sam", "baseline")
 
@@ -46,6 +47,30 @@ class Capture:
     @property
     def num_images(self) -> int:
         return len(self.images)
+
+    def for_replotting(self, thumbnail_side: int = PANEL_PIXELS) -> "Capture":
+        """A copy that keeps what the views re-plot from and drops what only the model needed: images shrunk to
+        at most `thumbnail_side` pixels a side, no processor inputs, and per mode only the guidance weights and
+        the cross-attention maps (float16), not the visual tokens, query states or patch features."""
+        images = []
+        for image in self.images:
+            small = image.copy()
+            small.thumbnail((thumbnail_side, thumbnail_side))
+            images.append(small)
+        visual = {
+            mode: SamVisualTokens(
+                visual_tokens=None, query_states=None, qformer_states=None, patch_features=None,
+                guidance_weights=tokens.guidance_weights,
+                image_cross_attentions=half(tokens.image_cross_attentions),
+                context_cross_attentions=half(tokens.context_cross_attentions), guided=tokens.guided,
+            )
+            for mode, tokens in self.visual.items()
+        }
+        return dataclasses.replace(self, images=images, inputs=None, visual=visual)
+
+
+def half(maps: tuple | None) -> tuple | None:
+    return None if maps is None else tuple(None if layer is None else layer.half() for layer in maps)
 
 
 @torch.no_grad()

@@ -8,14 +8,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from matplotlib.figure import Figure
 from PIL import Image
 
 from sam_core.modeling import SamVisualTokens
 
 from .common import (
-    FIGURE_WIDTH, GUIDANCE_CMAP, PANEL_PIXELS, add_colorbar, new_figure, new_grid, numpy, overlay_row, row_height, square_image,
-    to_grid, upper_limit, upsample,
+    GUIDANCE_CMAP, PANEL_PIXELS, WIDE, Canvas, Layout, MapRow, Scale, numpy, overlay_figure, square_image, to_grid, upper_limit,
+    upsample,
 )
 
 
@@ -58,42 +57,18 @@ def context_images(images: Sequence[Image.Image], guidance: GuidanceMaps, size: 
     return blend.clip(0, 255).astype(np.uint8)
 
 
-def plot_guidance(guidance: GuidanceMaps, images: Sequence[Image.Image]) -> Figure:
-    """α per image over its patches on one shared colour scale; for "others" a target × source grid of maps
-    plus the target × source matrix of mean α."""
-    pictures = [square_image(image) for image in images]
-    num_images = len(pictures)
-    vmax = upper_limit(guidance.maps)
+def plot_guidance(guidance: GuidanceMaps, images: Sequence[Image.Image], layout: Layout = WIDE) -> Canvas:
+    """α per image over its patches on one shared colour scale; for "others" one row of source maps per target
+    image, each panel labelled with its mean α."""
+    pictures = list(images)
+    scale = Scale(GUIDANCE_CMAP, 0.0, upper_limit(guidance.maps), "α (share of the context at the patch)")
     if guidance.context == "all":
-        figure, axes = new_figure([row_height(num_images)])
-        labels = [f"image {index + 1}: {weight:.2f}" for index, weight in enumerate(guidance.image_weights)]
-        mappable = overlay_row(axes[0, 0], pictures, guidance.maps, GUIDANCE_CMAP, 0.0, vmax, labels)
-        add_colorbar(figure, mappable, axes[0, 0], "α")
-        figure.suptitle("Context share α of each patch (sums to 1 over the images at every patch)", fontsize=10)
-        return figure
-
-    left, right, matrix_width, gap = 0.45, 0.2, 1.5, 1.35  # inches; the gap holds the colour bar and the matrix's labels
-    panel = min(0.9, (FIGURE_WIDTH - left - right - matrix_width - gap) / (num_images + (num_images - 1) / 12))
-    maps_width = panel * (num_images + (num_images - 1) / 12)
-    gap = FIGURE_WIDTH - left - right - maps_width - matrix_width
-    figure, grid = new_grid(
-        [panel] * num_images, 2, margins=(left, right, 0.6, 0.45), width_ratios=[maps_width, matrix_width],
-        wspace=gap / ((maps_width + matrix_width) / 2), hspace=0.1,
-    )
-    rows = [figure.add_subplot(grid[target, 0]) for target in range(num_images)]
-    for target, ax in enumerate(rows):
-        labels = [f"from {source + 1}" for source in range(num_images)] if target == 0 else None
-        mappable = overlay_row(ax, pictures, guidance.maps[target], GUIDANCE_CMAP, 0.0, vmax, labels, f"for {target + 1}")
-    add_colorbar(figure, mappable, rows, "α")
-    ax = figure.add_subplot(grid[:, 1])
-    ax.imshow(guidance.image_weights, cmap=GUIDANCE_CMAP, vmin=0.0, vmax=1.0)
-    labels = [str(index + 1) for index in range(num_images)]
-    ax.set_xticks(range(num_images), labels)
-    ax.set_yticks(range(num_images), labels)
-    ax.set_xlabel("source image", fontsize=8)
-    ax.set_ylabel("target image", fontsize=8)
-    ax.set_title("mean α (rows sum to 1)", fontsize=8)
-    for (row, column), value in np.ndenumerate(guidance.image_weights):
-        ax.text(column, row, f"{value:.2f}", ha="center", va="center", fontsize=7, color="white" if value < 0.5 else "black")
-    figure.suptitle("Context share per target (rows) and source (columns), context = other images", fontsize=10)
-    return figure
+        labels = [f"image {index + 1}: {weight:.0%}" for index, weight in enumerate(guidance.image_weights)]
+        title = "Where SAM's shared context comes from (α sums to 1 over the images at every patch)"
+        return overlay_figure(pictures, [MapRow("α", guidance.maps, scale)], title, layout, labels)
+    rows = [
+        MapRow(f"context of {target + 1}", guidance.maps[target], scale, [f"{w:.2f}" for w in guidance.image_weights[target]])
+        for target in range(len(pictures))
+    ]
+    title = "Context of each image, taken from the other images (mean α on each panel)"
+    return overlay_figure(pictures, rows, title, layout)

@@ -6,6 +6,7 @@ numbers embedded as JSON) so it can be mailed or attached to an issue.
 """
 
 import base64
+import dataclasses
 import html
 import io
 import json
@@ -26,13 +27,16 @@ from .attention import (
     plot_attention_comparison, plot_attention_maps,
 )
 from .attribution import (
-    ImageAttribution, PatchAttribution, WordAttribution, image_attribution, patch_attribution, plot_image_attribution,
-    plot_patch_attribution, word_attribution,
+    ImageAttribution, PatchAttribution, TokenChoice, WordAttribution, image_attribution, patch_attribution,
+    plot_image_attribution, plot_patch_attribution, word_attribution,
 )
 from .capture import MODES, Capture, capture
-from .common import SIGNED_CMAP, Progress, figure_png, progress_span, symmetric_limit
+from .common import SIGNED_CMAP, WIDE, Layout, Progress, figure_png, progress_span, symmetric_limit
 from .guidance import GuidanceMaps, context_images, guidance_maps, plot_guidance
 
+FIGURES = ("guidance", "attention", "context-attention", "image-attribution", "patch-attribution", "alignment")
+NO_GUIDANCE = ("Guidance needs two or more images: with one image SAM has no other image to take context from and "
+               "reads it exactly like the baseline.")
 SECTIONS = {
     "summary": "Answers",
     "guidance": "Guidance maps",
@@ -42,6 +46,25 @@ SECTIONS = {
     "word-attribution": "Prompt-word attribution",
     "alignment": "Alignment",
     "data": "Numbers",
+}
+# How to read each view: the report's sections and the app's tabs say the same.
+GUIDES = {
+    "guidance": "α: at every patch position, the share of SAM's shared context that each image supplies (the images' "
+    "maps sum to 1 at every patch). Strong colour: this image gives the context there; each image's overall share "
+    "is beside its number.",
+    "attention": "Where the Q-Former's queries look when they turn each image into visual tokens, in the very run "
+    "that produced the answers: SAM and the baseline on one colour scale, then their difference (red: SAM looks more, "
+    "blue: less). Stronger colour means more attention; the grey picture shows through where there is little.",
+    "image-attribution": "Each image is blanked (its patch features replaced by a blank image's) and the answer "
+    "re-scored. A taller bar means the answer (or the chosen token) relies more on that image; for SAM this includes "
+    "what the image gives the other images through guidance.",
+    "patch-attribution": "Blocks of patches are blanked one at a time and the answer re-scored: red blocks support "
+    "the answer (or the chosen token), blue ones work against it, uncoloured ones do not matter.",
+    "word-attribution": "Each prompt word is removed and the answer re-scored: red words support it, blue ones work "
+    "against it, on one scale for SAM and the baseline (hover a word for its value).",
+    "alignment": "How alike two images' visual tokens are (mean cosine similarity, query slot by query slot); the "
+    "alignment score is the mean over image pairs. SAM's claim is that guidance makes the images' tokens agree on "
+    "what links them.",
 }
 # Share of the run each stage takes on the embedded model, for the progress hook.
 STAGES = {"capture": (0.0, 0.15), "images": (0.15, 0.25), "patches": (0.25, 0.7), "words": (0.7, 1.0)}
@@ -112,35 +135,50 @@ class Report:
             **domain_fields(capture.domain),
         })
 
-    def figures(self) -> dict[str, bytes]:
-        """PNG bytes of every figure that could be drawn, keyed by section. A figure that fails is left out
-        and named in `figure_failures`: one bad plot must not cost the other views."""
+    def plot(self, name: str, layout: Layout = WIDE, choice: TokenChoice = TokenChoice()):
+        """One view's figure (`FIGURES`); None where this run has no such view (guidance and the context stream
+        need two or more images). `choice`: the answer token the attribution figures show."""
         images = self.capture.images
-        plots = {}
-        if self.guidance is not None:
-            plots["guidance"] = lambda: plot_guidance(self.guidance, images)
-        plots["attention"] = lambda: plot_attention_comparison(self.attention, images)
-        if self.context_attention is not None:
-            plots["context-attention"] = lambda: plot_attention_maps(
-                self.context_attention, list(context_images(images, self.guidance))
-            )
-        plots["image-attribution"] = lambda: plot_image_attribution(
-            self.image_attributions["sam"], self.image_attributions["baseline"]
-        )
-        plots["patch-attribution"] = lambda: plot_patch_attribution(
-            self.patch_attributions["sam"], self.patch_attributions["baseline"], images
-        )
-        plots["alignment"] = lambda: plot_alignment(self.alignments["sam"], self.alignments["baseline"])
-        pngs = {}
-        for name, plot in plots.items():
-            try:
-                pngs[name] = figure_png(plot())
-            except Exception as error:  # any drawing failure: the numbers stay in the JSON
-                self.figure_failures[name] = error.__class__.__name__
-        return pngs
+        if name == "guidance":
+            return None if self.guidance is None else plot_guidance(self.guidance, images, layout)
+        if name == "attention":
+            return plot_attention_comparison(self.attention, images, layout)
+        if name == "context-attention":
+            if self.context_attention is None:
+                return None
+            pictures = list(context_images(images, self.guidance))
+            return plot_attention_maps(self.context_attention, pictures, layout=layout, images=images)
+        if name == "image-attribution":
+            return plot_image_attribution(self.image_attributions["sam"], self.image_attributions["baseline"], choice, layout)
+        if name == "patch-attribution":
+            sam, baseline = self.patch_attributions["sam"], self.patch_attributions["baseline"]
+            return plot_patch_attribution(sam, baseline, images, choice, layout)
+        if name == "alignment":
+            return plot_alignment(self.alignments["sam"], self.alignments["baseline"], layout)
+        raise ValueError(f"no figure {name!r}; choose from {FIGURES}")
+
+    def png(self, name: str, layout: Layout = WIDE, choice: TokenChoice = TokenChoice()) -> bytes | None:
+        """The figure as PNG bytes; None where the view does not exist or could not be drawn. A failure is
+        recorded in `figure_failures`: one bad plot must not cost the other views."""
+        try:
+            figure = self.plot(name, layout, choice)
+            return None if figure is None else figure_png(figure)
+        except Exception as error:  # any drawing failure: the numbers stay in the JSON
+            self.figure_failures[name] = error.__class__.__name__
+            return None
+
+    def figures(self, layout: Layout = WIDE) -> dict[str, bytes]:
+        """PNG bytes of every figure that could be drawn, keyed by section (failures in `figure_failures`)."""
+        pngs = {name: self.png(name, layout) for name in FIGURES}
+        return {name: png for name, png in pngs.items() if png is not None}
+
+    def for_replotting(self) -> "Report":
+        """A copy holding only what re-plotting needs (see `Capture.for_replotting`): what the app keeps per
+        browser session."""
+        return dataclasses.replace(self, capture=self.capture.for_replotting(), figure_failures=dict(self.figure_failures))
 
     def to_html(self, numbers: dict | None = None) -> str:
-        """The self-contained page; `numbers`: `to_dict()` if already computed."""
+        """The self-contained page; `numbers`: `to_dict()` if already computed. Draws every figure once."""
         capture = self.capture
         pngs = self.figures()
         data = json.dumps(numbers or self.to_dict(), allow_nan=False).replace("<", "\\u003c")  # no "</script>", no "<!--"
@@ -165,24 +203,17 @@ class Report:
             section("attention", self.attention_html(pngs)),
             section(
                 "image-attribution",
-                "<p>Each image's patch features are replaced by the reference "
-                f"(<code>{escape(self.image_attributions['sam'].reference)}</code>) and the extraction re-run; "
-                "for SAM this goes through the guidance, so an image also counts through the context it gives the "
-                "others. Score: drop in log-probability of each mode's own answer (red: the image supports it).</p>"
+                f"<p>{GUIDES['image-attribution']} Each mode explains its own answer; blanked features: the "
+                f"<code>{escape(self.image_attributions['sam'].reference)}</code> reference.</p>"
                 + figure_html(pngs.get("image-attribution"), "image attribution"),
             ),
             section(
                 "patch-attribution",
-                "<p>Blocks of patch features are occluded with the reference, one block at a time; the map shows "
-                "the drop in the whole answer's log-probability (per-token maps are in the numbers).</p>"
+                f"<p>{GUIDES['patch-attribution']} Shown for the whole answer; per-token maps are in the numbers.</p>"
                 + figure_html(pngs.get("patch-attribution"), "patch attribution"),
             ),
-            section("word-attribution", self.words_html()),
-            section(
-                "alignment",
-                "<p>Mean cosine similarity of two images' visual tokens, query slot by query slot; the alignment "
-                "score is the mean over image pairs.</p>" + figure_html(pngs.get("alignment"), "alignment"),
-            ),
+            section("word-attribution", f"<p>{GUIDES['word-attribution']}</p>" + word_highlights_html(self.word_attributions)),
+            section("alignment", f"<p>{GUIDES['alignment']}</p>" + figure_html(pngs.get("alignment"), "alignment")),
             section(
                 "data",
                 "<p>Every number behind the figures, also written next to this file as JSON.</p>"
@@ -211,14 +242,12 @@ class Report:
 
     def guidance_html(self, pngs: dict[str, bytes]) -> str:
         if self.guidance is None:
-            return "<p>No guidance: a single image is read without context.</p>"
-        sums = "the maps of all images sum to 1 at every patch" if self.guidance.context == "all" else (
-            "for each target image the maps of the other images sum to 1 at every patch"
-        )
-        return (
-            "<p>α: at each patch position, how much of the context image SAM takes from each image "
-            f"({sums}).</p>" + figure_html(pngs.get("guidance"), "guidance maps")
-        )
+            return f"<p>{NO_GUIDANCE}</p>"
+        guide = GUIDES["guidance"]
+        if self.guidance.context == "others":
+            guide = ("α: for each image, the share of its context that each other image supplies at every patch "
+                     "(the sources' maps sum to 1 at every patch).")
+        return f"<p>{guide}</p>" + figure_html(pngs.get("guidance"), "guidance maps")
 
     def attention_html(self, pngs: dict[str, bytes]) -> str:
         context = ""
@@ -227,28 +256,7 @@ class Report:
                 "<p>SAM's context stream over the context image (drawn as the α-weighted blend of the images).</p>"
                 + figure_html(pngs.get("context-attention"), "context-stream attention")
             )
-        return (
-            "<p>Cross-attention of the Q-Former queries over each image's patches, from the very extraction that "
-            "produced the answers. SAM and baseline share one colour scale.</p>"
-            + figure_html(pngs.get("attention"), "image-stream attention") + context
-        )
-
-    def words_html(self) -> str:
-        blocks = []
-        colours = matplotlib.colormaps[SIGNED_CMAP]
-        limit = symmetric_limit(*(a.scores[0] for a in self.word_attributions.values()))  # one scale for both modes
-        for mode in MODES:
-            attribution = self.word_attributions[mode]
-            spans = "".join(  # the colour map's darkest ends are left out so the words stay legible
-                f'<span style="background:{to_hex(colours(0.5 + 0.4 * value))}" title="{raw:+.4f}">{escape(piece)}</span>'
-                for (piece, value), raw in zip(attribution.highlighted(limit=limit), attribution.scores[0])
-            )
-            blocks.append(f"<p><b>{'SAM' if mode == 'sam' else 'baseline'}:</b> {spans}</p>")
-        return (
-            "<p>Each word is removed from the LLM prompt and the Q-Former instruction; red words support the "
-            "answer, blue ones work against it, on one scale for both modes (hover for the log-probability "
-            "change).</p>" + "".join(blocks)
-        )
+        return f"<p>{GUIDES['attention']}</p>" + figure_html(pngs.get("attention"), "image-stream attention") + context
 
     def write(self, path: str | Path) -> tuple[Path, Path]:
         """Write the HTML to `path` and the JSON next to it (same name, .json)."""
@@ -346,6 +354,34 @@ def figure_html(png: bytes | None, alt: str) -> str:
     return f'<img class="figure" alt="{escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
 
 
+def word_highlights_html(words: dict[str, WordAttribution], choice: TokenChoice = TokenChoice()) -> str:
+    """Prompt words coloured by their attribution to each mode's answer (or the chosen token), SAM and baseline on
+    one scale, with a legend of that scale in Δ log p (hover a word for its value)."""
+    colours = matplotlib.colormaps[SIGNED_CMAP]
+    rows = {mode: words[mode].scores[choice.row(mode)] for mode in MODES if choice.row(mode) is not None}
+    limit = symmetric_limit(*rows.values())
+    blocks = []
+    for mode in MODES:
+        name = "SAM" if mode == "sam" else "baseline"
+        if mode not in rows:
+            blocks.append(f'<p><b>{name}</b> ({escape(choice.label(mode))}): nothing to attribute.</p>')
+            continue
+        spans = "".join(  # the colour map's darkest ends are left out so the words stay legible
+            f'<span style="background:{to_hex(colours(0.5 + 0.4 * value / limit))};padding:0 .1em;border-radius:3px;line-height:1.9"'
+            f' title="{value:+.3f}">{escape(piece)}</span>'
+            for piece, value in zip(words[mode].pieces, rows[mode])
+        )
+        blocks.append(f'<p><b>{name}</b> → {escape(choice.label(mode))}:<br>{spans}</p>')
+    stops = ", ".join(to_hex(colours(0.1 + 0.8 * step / 8)) for step in range(9))
+    legend = (  # inline styles: the same HTML goes into the report and into the app's page
+        '<div style="display:flex;flex-wrap:wrap;align-items:center;gap:.4em;font-size:.85em">'
+        f'<span>−{limit:.2g}</span><span style="display:inline-block;width:10em;height:.8em;border-radius:2px;'
+        f'background:linear-gradient(to right, {stops})"></span><span>+{limit:.2g}</span>'
+        "<span>Δ log p when the word is removed (red: the word supports the answer)</span></div>"
+    )
+    return "".join(blocks) + legend
+
+
 def thumbnail(image, size: int = 128) -> str:
     small = image.copy()
     small.thumbnail((size, size))
@@ -362,5 +398,5 @@ nav ul { display: flex; flex-wrap: wrap; gap: .2em 1em; list-style: none; paddin
 img.figure { width: 100%; max-width: 640px; display: block; }
 .images { display: flex; gap: .5em; flex-wrap: wrap; } .images figure { margin: 0; text-align: center; font-size: .8em; }
 table { border-collapse: collapse; } th, td { border: 1px solid #ddd; padding: .3em .6em; text-align: left; }
-section p span { padding: 0 .1em; border-radius: 3px; }
+
 """
