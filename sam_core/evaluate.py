@@ -46,12 +46,13 @@ class Prediction:
 
 @dataclass
 class PredictedBatch:
-    """One batch of `predict_batches`: the dataset indices, their predictions, the images read and each mode's
-    visual tokens (for per-sample diagnostics such as the guidance weights)."""
+    """One batch of `predict_batches`: the dataset indices, their predictions, the images and prompts read and
+    each mode's visual tokens (for per-sample diagnostics such as the guidance weights)."""
 
     indices: list[int]
     predictions: list[Prediction]
     images: list[list]
+    prompts: list[str]
     visual: dict[str, SamVisualTokens]
 
 
@@ -83,7 +84,7 @@ def predict_batches(loaded: LoadedSam, dataset, modes=MODES, batch_size: int = 1
                        {mode: texts[mode][row] for mode in modes}, len(images))
             for row, (reference, record, images) in enumerate(zip(references, records, image_sets))
         ]
-        yield PredictedBatch(list(indices), predictions, image_sets, visual)
+        yield PredictedBatch(list(indices), predictions, image_sets, prompts, visual)
 
 
 def predict(loaded: LoadedSam, dataset, modes=MODES, batch_size: int = 16, preset: str = "greedy", **overrides) -> list[Prediction]:
