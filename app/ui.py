@@ -17,6 +17,7 @@ from visualization import (
 )
 from visualization.common import figure_png
 
+from .evaluation_tab import build_evaluation_tab, connect_main_view
 from .service import TASKS, Decoding, InputError, ResourceError, SamService, random_minilink_group, upload_path
 from .settings import AppSettings
 
@@ -174,151 +175,158 @@ def build_demo(service: SamService) -> gr.Blocks:
     with gr.Blocks(title="SAM studio") as demo:
         gr.Markdown(INTRO)
         banner = gr.Markdown(banner_markdown(service), elem_id="banner")
-        with gr.Row():
-            with gr.Column(scale=5):
-                gallery = gr.Gallery(label="Images (in order)", type="filepath", interactive=True, columns=4, height=260,
-                                     file_types=["image"])
+        with gr.Tabs(selected="main") as pages:
+            with gr.Tab("Compare and explain", id="main"):
                 with gr.Row():
-                    earlier_button = gr.Button("◀ Move selected earlier", size="sm")
-                    later_button = gr.Button("Move selected later ▶", size="sm")
-                    remove_button = gr.Button("Remove selected", size="sm")
-                with gr.Row():
-                    random_button = gr.Button("New random MiniLINK set", size="sm")
-                    gr.ClearButton([gallery], value="Remove all", size="sm")
-                reference = gr.Markdown()
-                task = gr.Radio(list(TASKS), value="Group captioning", label="Task")
-                question = gr.Textbox(label="Question", placeholder="What do these pictures have in common?", visible=False)
-                caption_boxes = [gr.Textbox(label=f"Caption of image {i + 1}", visible=False) for i in range(max_captions)]
-                with gr.Accordion("Decoding", open=False):
-                    preset = gr.Radio(["greedy", "sampling", "beam", "paper"], value="greedy", label="Preset",
-                                      info="paper = the authors' settings: 5 beams, repetition penalty 1.5")
-                    max_new_tokens = gr.Slider(1, settings.max_new_tokens, value=min(32, settings.max_new_tokens), step=1,
-                                               label="Max new tokens")
-                    temperature = gr.Slider(0.1, 2.0, value=1.0, step=0.05, label="Temperature (sampling)")
-                    repetition_penalty = gr.Slider(1.0, 2.0, value=1.0, step=0.05, label="Repetition penalty")
-                    seed = gr.Number(0, precision=0, label="Seed")
-                compare_button = gr.Button("Compare SAM with the baseline", variant="primary")
-            with gr.Column(scale=6):
-                with gr.Row():
-                    sam_answer = gr.Textbox(label="SAM (guided)", lines=4, elem_classes="answer", interactive=False)
-                    baseline_answer = gr.Textbox(label="Baseline (each image alone)", lines=4, elem_classes="answer",
-                                                 interactive=False)
-                stats = gr.Markdown()
-                with gr.Accordion("Model", open=False):
-                    gr.Markdown(model_markdown(service))
-                    gr.Markdown(HONEST)
+                    with gr.Column(scale=5):
+                        gallery = gr.Gallery(label="Images (in order)", type="filepath", interactive=True, columns=4, height=260,
+                                             file_types=["image"])
+                        with gr.Row():
+                            earlier_button = gr.Button("◀ Move selected earlier", size="sm")
+                            later_button = gr.Button("Move selected later ▶", size="sm")
+                            remove_button = gr.Button("Remove selected", size="sm")
+                        with gr.Row():
+                            random_button = gr.Button("New random MiniLINK set", size="sm")
+                            gr.ClearButton([gallery], value="Remove all", size="sm")
+                        reference = gr.Markdown()
+                        task = gr.Radio(list(TASKS), value="Group captioning", label="Task")
+                        question = gr.Textbox(label="Question", placeholder="What do these pictures have in common?", visible=False)
+                        caption_boxes = [gr.Textbox(label=f"Caption of image {i + 1}", visible=False) for i in range(max_captions)]
+                        with gr.Accordion("Decoding", open=False):
+                            preset = gr.Radio(["greedy", "sampling", "beam", "paper"], value="greedy", label="Preset",
+                                              info="paper = the authors' settings: 5 beams, repetition penalty 1.5")
+                            max_new_tokens = gr.Slider(1, settings.max_new_tokens, value=min(32, settings.max_new_tokens), step=1,
+                                                       label="Max new tokens")
+                            temperature = gr.Slider(0.1, 2.0, value=1.0, step=0.05, label="Temperature (sampling)")
+                            repetition_penalty = gr.Slider(1.0, 2.0, value=1.0, step=0.05, label="Repetition penalty")
+                            seed = gr.Number(0, precision=0, label="Seed")
+                        compare_button = gr.Button("Compare SAM with the baseline", variant="primary")
+                    with gr.Column(scale=6):
+                        with gr.Row():
+                            sam_answer = gr.Textbox(label="SAM (guided)", lines=4, elem_classes="answer", interactive=False)
+                            baseline_answer = gr.Textbox(label="Baseline (each image alone)", lines=4, elem_classes="answer",
+                                                         interactive=False)
+                        stats = gr.Markdown()
+                        with gr.Accordion("Model", open=False):
+                            gr.Markdown(model_markdown(service))
+                            gr.Markdown(HONEST)
 
-        report_state = gr.State(None)
-        explain_button = gr.Button("Explain the difference (maps, attention, attributions)", variant="secondary")
-        explain_note = gr.Markdown(elem_id="explain-note")
-        with gr.Tabs():
-            with gr.Tab("Guidance maps"):
-                gr.Markdown("Where each image supplies the shared context: SAM's adaptive-adjustment weights α over its patches.")
-                guidance_image = gr.Image(label="Guidance maps", type="pil", interactive=False)
-            with gr.Tab("Attention explorer"):
-                with gr.Row():
-                    stream = gr.Radio(["image", "context"], value="image", label="Stream")
-                    layer = gr.Dropdown(["last"], value="last", label="Q-Former layer")
-                    head = gr.Dropdown(["mean", "max"], value="mean", label="Head")
-                    query = gr.Dropdown(["mean"], value="mean", label="Query")
-                attention_image = gr.Image(label="Q-Former cross-attention", type="pil", interactive=False)
-            with gr.Tab("Token attribution"):
-                token_choice = gr.Dropdown(["whole answer"], value="whole answer", label="Generated token (SAM's answer)")
-                image_bars = gr.Image(label="Per-image contribution", type="pil", interactive=False)
-                patch_maps = gr.Image(label="Per-patch contribution", type="pil", interactive=False)
-                with gr.Row():
-                    sam_words = gr.HighlightedText(label="Prompt words → SAM's answer", combine_adjacent=False,
-                                                   show_legend=False, color_map=None)
-                    baseline_words = gr.HighlightedText(label="Prompt words → baseline's answer", combine_adjacent=False,
-                                                        show_legend=False)
-            with gr.Tab("Alignment"):
-                alignment_image = gr.Image(label="Cross-image similarity of the visual tokens", type="pil", interactive=False)
-                alignment_text = gr.Markdown()
-            with gr.Tab("Report"):
-                report_file = gr.File(label="Self-contained HTML report (and its JSON)", file_count="multiple")
+                report_state = gr.State(None)
+                explain_button = gr.Button("Explain the difference (maps, attention, attributions)", variant="secondary")
+                explain_note = gr.Markdown(elem_id="explain-note")
+                with gr.Tabs():
+                    with gr.Tab("Guidance maps"):
+                        gr.Markdown("Where each image supplies the shared context: SAM's adaptive-adjustment weights α over its patches.")
+                        guidance_image = gr.Image(label="Guidance maps", type="pil", interactive=False)
+                    with gr.Tab("Attention explorer"):
+                        with gr.Row():
+                            stream = gr.Radio(["image", "context"], value="image", label="Stream")
+                            layer = gr.Dropdown(["last"], value="last", label="Q-Former layer")
+                            head = gr.Dropdown(["mean", "max"], value="mean", label="Head")
+                            query = gr.Dropdown(["mean"], value="mean", label="Query")
+                        attention_image = gr.Image(label="Q-Former cross-attention", type="pil", interactive=False)
+                    with gr.Tab("Token attribution"):
+                        token_choice = gr.Dropdown(["whole answer"], value="whole answer", label="Generated token (SAM's answer)")
+                        image_bars = gr.Image(label="Per-image contribution", type="pil", interactive=False)
+                        patch_maps = gr.Image(label="Per-patch contribution", type="pil", interactive=False)
+                        with gr.Row():
+                            sam_words = gr.HighlightedText(label="Prompt words → SAM's answer", combine_adjacent=False,
+                                                           show_legend=False, color_map=None)
+                            baseline_words = gr.HighlightedText(label="Prompt words → baseline's answer", combine_adjacent=False,
+                                                                show_legend=False)
+                    with gr.Tab("Alignment"):
+                        alignment_image = gr.Image(label="Cross-image similarity of the visual tokens", type="pil", interactive=False)
+                        alignment_text = gr.Markdown()
+                    with gr.Tab("Report"):
+                        report_file = gr.File(label="Self-contained HTML report (and its JSON)", file_count="multiple")
 
-        def run_explain(gallery, task, question, *rest, progress=gr.Progress()):
-            captions, (preset, max_new_tokens, temperature, repetition_penalty, seed) = rest[:max_captions], rest[max_captions:]
-            try:
-                images = service.images(gallery)
-                prompt = service.prompt(task, len(images), question, list(captions))
-                decoding = Decoding(preset, int(max_new_tokens), float(temperature), float(repetition_penalty), int(seed))
-                report = service.explain(images, prompt, decoding, progress=lambda f, m: progress(f, desc=m))
-            except (InputError, ResourceError) as error:
-                raise refusal(str(error)) from None
-            except Exception as error:
-                LOG.exception("explain failed")
-                raise refusal(f"Analysis failed ({error.__class__.__name__}). Try fewer images or tokens.") from None
-            figures = report.figures()
-            try:
-                patches, words_sam, words_baseline = attribution_views(report, "whole answer")
-            except Exception as error:  # a figure that cannot be drawn must not cost the other views
-                report.figure_failures["patch-attribution"] = error.__class__.__name__
-                patches, words_sam, words_baseline = None, None, None
-            folder = Path(tempfile.mkdtemp(prefix="sam-report-"))
-            html_path, json_path = report.write(folder / "sam_report.html")
-            sam_visual = report.capture.visual["sam"]
-            layers = [str(i) for i in cross_attention_layers(sam_visual)]
-            heads = ["mean", "max"] + [str(h) for h in range(service.loaded.model.config.qformer_config.num_attention_heads)]
-            queries = ["mean"] + [str(q) for q in range(service.info["num_query_tokens"])]
-            tokens = ["whole answer"] + [f"{i}: {t}" for i, t in enumerate(report.capture.tokens["sam"])]
-            scores = {mode: report.alignments[mode].score for mode in ("sam", "baseline")}
-            alignment_note = " · ".join(
-                f"**{label} alignment score:** {scores[mode]:.3f}" if scores[mode] is not None else f"**{label}:** one image"
-                for mode, label in (("sam", "SAM"), ("baseline", "Baseline"))
-            )
+                def run_explain(gallery, task, question, *rest, progress=gr.Progress()):
+                    captions, (preset, max_new_tokens, temperature, repetition_penalty, seed) = rest[:max_captions], rest[max_captions:]
+                    try:
+                        images = service.images(gallery)
+                        prompt = service.prompt(task, len(images), question, list(captions))
+                        decoding = Decoding(preset, int(max_new_tokens), float(temperature), float(repetition_penalty), int(seed))
+                        report = service.explain(images, prompt, decoding, progress=lambda f, m: progress(f, desc=m))
+                    except (InputError, ResourceError) as error:
+                        raise refusal(str(error)) from None
+                    except Exception as error:
+                        LOG.exception("explain failed")
+                        raise refusal(f"Analysis failed ({error.__class__.__name__}). Try fewer images or tokens.") from None
+                    figures = report.figures()
+                    try:
+                        patches, words_sam, words_baseline = attribution_views(report, "whole answer")
+                    except Exception as error:  # a figure that cannot be drawn must not cost the other views
+                        report.figure_failures["patch-attribution"] = error.__class__.__name__
+                        patches, words_sam, words_baseline = None, None, None
+                    folder = Path(tempfile.mkdtemp(prefix="sam-report-"))
+                    html_path, json_path = report.write(folder / "sam_report.html")
+                    sam_visual = report.capture.visual["sam"]
+                    layers = [str(i) for i in cross_attention_layers(sam_visual)]
+                    heads = ["mean", "max"] + [str(h) for h in range(service.loaded.model.config.qformer_config.num_attention_heads)]
+                    queries = ["mean"] + [str(q) for q in range(service.info["num_query_tokens"])]
+                    tokens = ["whole answer"] + [f"{i}: {t}" for i, t in enumerate(report.capture.tokens["sam"])]
+                    scores = {mode: report.alignments[mode].score for mode in ("sam", "baseline")}
+                    alignment_note = " · ".join(
+                        f"**{label} alignment score:** {scores[mode]:.3f}" if scores[mode] is not None else f"**{label}:** one image"
+                        for mode, label in (("sam", "SAM"), ("baseline", "Baseline"))
+                    )
 
-            def picture(key):
-                return png_image(figures[key]) if key in figures else None
+                    def picture(key):
+                        return png_image(figures[key]) if key in figures else None
 
-            return (
-                report,
-                report_notes_markdown(report.figure_failures, report.cut_short, time_limit / 2),
-                report.capture.answers["sam"].text,
-                report.capture.answers["baseline"].text,
-                picture("guidance"),
-                gr.update(choices=["last"] + layers, value="last"),
-                gr.update(choices=heads, value="mean"),
-                gr.update(choices=queries, value="mean"),
-                picture("attention"),
-                gr.update(choices=tokens, value="whole answer"),
-                picture("image-attribution"),
-                patches,
-                words_sam,
-                words_baseline,
-                picture("alignment"),
-                alignment_note,
-                [str(html_path), str(json_path)],
-            )
+                    return (
+                        report,
+                        report_notes_markdown(report.figure_failures, report.cut_short, time_limit / 2),
+                        report.capture.answers["sam"].text,
+                        report.capture.answers["baseline"].text,
+                        picture("guidance"),
+                        gr.update(choices=["last"] + layers, value="last"),
+                        gr.update(choices=heads, value="mean"),
+                        gr.update(choices=queries, value="mean"),
+                        picture("attention"),
+                        gr.update(choices=tokens, value="whole answer"),
+                        picture("image-attribution"),
+                        patches,
+                        words_sam,
+                        words_baseline,
+                        picture("alignment"),
+                        alignment_note,
+                        [str(html_path), str(json_path)],
+                    )
 
-        explain_inputs = [gallery, task, question, *caption_boxes, preset, max_new_tokens, temperature, repetition_penalty, seed]
-        explain_outputs = [report_state, explain_note, sam_answer, baseline_answer, guidance_image, layer, head, query, attention_image,
-                           token_choice, image_bars, patch_maps, sam_words, baseline_words, alignment_image, alignment_text,
-                           report_file]
-        explain_button.click(run_explain, explain_inputs, explain_outputs, api_visibility="private")
-        for control in (stream, layer, head, query):
-            control.change(attention_figure, [report_state, stream, layer, head, query], attention_image, api_visibility="private")
-        token_choice.change(attribution_views, [report_state, token_choice], [patch_maps, sam_words, baseline_words],
-                            api_visibility="private")
+                explain_inputs = [gallery, task, question, *caption_boxes, preset, max_new_tokens, temperature, repetition_penalty, seed]
+                explain_outputs = [report_state, explain_note, sam_answer, baseline_answer, guidance_image, layer, head, query, attention_image,
+                                   token_choice, image_bars, patch_maps, sam_words, baseline_words, alignment_image, alignment_text,
+                                   report_file]
+                explain_button.click(run_explain, explain_inputs, explain_outputs, api_visibility="private")
+                for control in (stream, layer, head, query):
+                    control.change(attention_figure, [report_state, stream, layer, head, query], attention_image, api_visibility="private")
+                token_choice.change(attribution_views, [report_state, token_choice], [patch_maps, sam_words, baseline_words],
+                                    api_visibility="private")
 
-        example_sets = sorted(EXAMPLES_DIR.glob("*/example.json"))
-        if example_sets:
-            rows = []
-            for path in example_sets:
-                for entry in json.loads(path.read_text()):
-                    captions = (entry.get("captions") or []) + [""] * max_captions
-                    rows.append([[str(path.parent / name) for name in entry["images"]], entry["task"], *captions[:max_captions]])
-            def answer_example(gallery_value, task_value, *captions):
-                """Greedy answers for an example, cached lazily: the first click computes, later clicks reuse."""
-                final = None
-                for final in run_compare(gallery_value, task_value, "", *captions, "greedy", min(32, settings.max_new_tokens),
-                                         1.0, 1.0, 0):
-                    pass
-                return final
+                example_sets = sorted(EXAMPLES_DIR.glob("*/example.json"))
+                if example_sets:
+                    rows = []
+                    for path in example_sets:
+                        for entry in json.loads(path.read_text()):
+                            captions = (entry.get("captions") or []) + [""] * max_captions
+                            rows.append([[str(path.parent / name) for name in entry["images"]], entry["task"], *captions[:max_captions]])
+                    def answer_example(gallery_value, task_value, *captions):
+                        """Greedy answers for an example, cached lazily: the first click computes, later clicks reuse."""
+                        final = None
+                        for final in run_compare(gallery_value, task_value, "", *captions, "greedy", min(32, settings.max_new_tokens),
+                                                 1.0, 1.0, 0):
+                            pass
+                        return final
 
-            gr.Examples(rows, [gallery, task, *caption_boxes], [sam_answer, baseline_answer, stats], answer_example,
-                        cache_examples=True, cache_mode="lazy",
-                        label="Examples (MiniLINK sets; the model was trained on this world)")
+                    gr.Examples(rows, [gallery, task, *caption_boxes], [sam_answer, baseline_answer, stats], answer_example,
+                                cache_examples=True, cache_mode="lazy",
+                                label="Examples (MiniLINK sets; the model was trained on this world)")
+            with gr.Tab("Evaluate a dataset", id="evaluate"):
+                evaluation = build_evaluation_tab(service)
+        connect_main_view(evaluation, pages=pages, main_page="main", gallery=gallery, task=task, question=question,
+                          caption_boxes=caption_boxes, reference=reference, explain_fn=run_explain,
+                          explain_inputs=explain_inputs, explain_outputs=explain_outputs)
 
         decoding = [preset, max_new_tokens, temperature, repetition_penalty, seed]
         compare_button.click(run_compare, [gallery, task, question, *caption_boxes, *decoding], [sam_answer, baseline_answer, stats],

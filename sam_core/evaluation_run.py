@@ -163,6 +163,10 @@ class EvaluationOutcome:
     def predictions(self) -> list[Prediction]:
         return [sample.prediction for sample in self.samples]
 
+    def result_rows(self, model_name: str) -> list[dict]:
+        """The rows as the command line records them (results.json): labelled with the model and the run's time."""
+        return [{**row, "model": model_name, "seconds": self.seconds} for row in self.rows]
+
     def summary(self) -> str:
         done = len(self.samples)
         if self.status == "complete":
@@ -296,8 +300,7 @@ def write_outcome(outcome: EvaluationOutcome, out: str | Path, model_name: str, 
     """The CLI's files for this run (see `sam_core.evaluate.write_results`); returns their paths."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = [{**row, "model": model_name, "seconds": outcome.seconds} for row in outcome.rows]
     predictions = {model_name: [asdict(p) for p in outcome.predictions]}
-    write_results(out, rows, predictions, command_line, options.preset, options.max_new_tokens)
+    write_results(out, outcome.result_rows(model_name), predictions, command_line, options.preset, options.max_new_tokens)
     return [out / name for name in RESULT_FILES]
 
