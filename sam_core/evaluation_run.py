@@ -157,7 +157,7 @@ class EvaluationOutcome:
     rows: list[dict]
     status: str  # "complete", "cancelled" or "time budget"
     total: int
-    seconds: float
+    seconds: float  # answering (as the command line's "seconds"), not scoring
 
     @property
     def predictions(self) -> list[Prediction]:
@@ -174,11 +174,16 @@ class EvaluationOutcome:
         return f"{STOPPED[self.status].capitalize()} after {done} of {self.total} samples ({self.seconds:.1f} s); the results cover those {done}."
 
 
+class RunInterrupted(Exception):
+    """Raised out of generation when a run is cancelled or out of time: the batch in progress is dropped."""
+
+
 class Interrupt(StoppingCriteria):
-    """Stops generation at the next step once `cancel` is set or the deadline passes, and remembers that it did."""
+    """Ends generation at the next decoding step once `cancel` is set or the deadline passes, by raising
+    RunInterrupted (a stopping criterion that only returned True would still let the batch's other mode start)."""
 
     def __init__(self, cancel: threading.Event | None, deadline: float | None):
-        self.cancel, self.deadline, self.fired = cancel, deadline, False
+        self.cancel, self.deadline = cancel, deadline
 
     def reason(self) -> str | None:
         if self.cancel is not None and self.cancel.is_set():
@@ -188,8 +193,9 @@ class Interrupt(StoppingCriteria):
         return None
 
     def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
-        self.fired = self.fired or self.reason() is not None
-        return torch.full((input_ids.shape[0],), self.fired, dtype=torch.bool, device=input_ids.device)
+        if self.reason() is not None:
+            raise RunInterrupted(self.reason())
+        return torch.zeros((input_ids.shape[0],), dtype=torch.bool, device=input_ids.device)
 
 
 Turn = Callable[[], AbstractContextManager[LoadedSam]]
@@ -217,21 +223,22 @@ def run_evaluation(dataset, options: EvaluationOptions = EvaluationOptions(), *,
             if batches is None:
                 batches = predict_batches(model, dataset, MODES, options.batch_size, options.preset,
                                           max_new_tokens=options.max_new_tokens, stopping_criteria=StoppingCriteriaList([interrupt]))
-            batch = next(batches, None)
+            try:
+                batch = next(batches, None)
+            except RunInterrupted:  # mid-batch: its answers are incomplete, so the batch is dropped
+                break
             geometry = model.model.config.vision_config
         if batch is None:
             finished = True
-            break
-        if interrupt.fired:  # cut short mid-batch: its answers are incomplete, so the batch is dropped
             break
         samples += describe_batch(batch, dataset, geometry, measure, image_dir)
         if progress is not None:
             progress(len(samples), len(dataset))
         time.sleep(HANDOVER_SECONDS)
-    status = "complete" if finished else interrupt.reason()
+    status, seconds = "complete" if finished else interrupt.reason(), time.monotonic() - start
     score_samples(samples)
     rows = summarise([s.prediction for s in samples], MODES, meteor=options.meteor) if samples else []
-    return EvaluationOutcome(samples, rows, status, len(dataset), time.monotonic() - start)
+    return EvaluationOutcome(samples, rows, status, len(dataset), seconds)
 
 
 def describe_batch(batch: PredictedBatch, dataset, geometry, measure: Measure | None, image_dir) -> list[SampleResult]:

@@ -89,7 +89,7 @@ def test_cancel_stops_a_run_within_a_step_and_keeps_the_finished_batches(loaded)
     cancel.set()
     cancelled_at = time.monotonic()
     worker.join(timeout=120)
-    assert sum(start > cancelled_at for start in steps) <= 2  # the other mode's first step at most
+    assert sum(start > cancelled_at for start in steps) <= 1  # one that began as Cancel was pressed, at most
     outcome = outcomes[0]
     assert outcome.status == "cancelled" and "Cancelled after" in outcome.summary()
     assert len(outcome.samples) == 4 and done == [4]  # the batch cut short is dropped whole
@@ -102,7 +102,7 @@ def test_the_time_budget_stops_a_run_with_the_samples_done(loaded):
     outcome = run_evaluation(MiniLink(2, 40, MiniLinkConfig(min_images=2, max_images=2)),
                              EvaluationOptions(max_new_tokens=24, batch_size=4, time_budget=0.3), loaded=loaded)
     assert outcome.status == "time budget" and "time budget" in outcome.summary()
-    assert sum(step > start + 0.3 for step in steps) <= 3  # the step in flight, the next, the other mode's first
+    assert sum(step > start + 0.3 for step in steps) <= 1  # one that began as the budget ran out, at most
     assert len(outcome.samples) < 40
 
 
