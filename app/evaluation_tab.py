@@ -49,7 +49,9 @@ see where guidance changes the answer. The run is the command line's (`python -m
 below the results): same samples, same numbers, same files. Other people's requests are served between batches."""
 UPLOAD_HELP = """An **annotations JSON** in the authors' schema, a list of
 `{"id", "img_list", "instruction", "output"}` (optional `"task"`, and `"linked"` for task accuracy), and a **zip of
-its images** under the paths `img_list` names (at the zip's top or in one folder)."""
+its images** under the paths `img_list` names (at the zip's top or in one folder). On the command line,
+`--data annotations.json` reads the images beside it: unpack the zip next to it. The browser keeps copies of the
+images at most 448 pixels a side, and Explain runs on those."""
 
 
 @dataclass
@@ -183,12 +185,15 @@ def write_run_files(outcome: EvaluationOutcome, views: list[DatasetView], folder
 # ------------------------------------------------------------------------------------------- what the page shows
 
 
-def ratio_text(sam: list[float], baseline: list[float]) -> str:
+def paired_ratio(sam: list[float], baseline: list[float]) -> tuple[float, float, float] | None:
     try:
-        value, low, high = paired_bootstrap_ratio(sam, baseline)
-    except ValueError:
-        return UNDEFINED_RATIO
-    return f"{value:.2f}× ({low:.2f}–{high:.2f})"
+        return paired_bootstrap_ratio(sam, baseline)
+    except ValueError:  # the baseline's mean is 0 in some resamples
+        return None
+
+
+def ratio_text(ratio: tuple[float, float, float] | None) -> str:
+    return UNDEFINED_RATIO if ratio is None else "{:.2f}× ({:.2f}–{:.2f})".format(*ratio)
 
 
 def metrics_table(outcome: EvaluationOutcome) -> str:
@@ -200,13 +205,12 @@ def metrics_table(outcome: EvaluationOutcome) -> str:
     for task in dict.fromkeys(row["task"] for row in outcome.rows):
         sam, baseline = (next(r for r in outcome.rows if r["task"] == task and r["mode"] == mode) for mode in ("sam", "baseline"))
         chosen = [s for s in outcome.samples if s.prediction.task == task]
-        cider_ratio = UNDEFINED_RATIO if sam.get("cider_ratio") is None else "{:.2f}× ({:.2f}–{:.2f})".format(*sam["cider_ratio"])
         entries = [("BLEU-4", f"{sam['bleu4']:.1f}", f"{baseline['bleu4']:.1f}", "–"),
                    ("ROUGE-L", f"{sam['rouge_l']:.1f}", f"{baseline['rouge_l']:.1f}", "–"),
-                   ("CIDEr", interval_text(sam, "cider"), interval_text(baseline, "cider"), cider_ratio)]
+                   ("CIDEr", interval_text(sam, "cider"), interval_text(baseline, "cider"), ratio_text(sam.get("cider_ratio")))]
         if "accuracy" in sam:
-            ratio = ratio_text([100.0 * s.correct["sam"] for s in chosen], [100.0 * s.correct["baseline"] for s in chosen])
-            entries.append(("accuracy %", interval_text(sam, "accuracy"), interval_text(baseline, "accuracy"), ratio))
+            ratio = paired_ratio([100.0 * s.correct["sam"] for s in chosen], [100.0 * s.correct["baseline"] for s in chosen])
+            entries.append(("accuracy %", interval_text(sam, "accuracy"), interval_text(baseline, "accuracy"), ratio_text(ratio)))
         lines = [f"**{task}** · n = {sam['n']}", "", "| metric | SAM | baseline | SAM ÷ baseline (95% CI) |", "|---|---|---|---|"]
         parts.append("\n".join(lines + [f"| {name} | {a} | {b} | {r} |" for name, a, b, r in entries]))
     return "\n\n".join(parts)
@@ -222,8 +226,6 @@ def status_text(record: EvaluationRecord) -> str:
     text = f"**{outcome.summary()}**"
     if outcome.samples:
         text += f"\n\nThe same run on the command line: `{record.command}`"
-        if record.command.startswith("python -m sam_core.evaluate --data annotations.json"):
-            text += " (with the zip unpacked beside annotations.json)"
     return text
 
 

@@ -2,8 +2,9 @@
 (released in between, so other requests are not starved), stoppable by a cancel event or a time budget within
 one decoding step, with a progress callback and per-sample diagnostics for a dataset browser.
 
-    outcome = run_evaluation(MiniLinkSource(size=100).open(), EvaluationOptions(), loaded=load_sam())
-    write_outcome(outcome, "runs/eval", "embedded", MiniLinkSource(size=100).command(EvaluationOptions()))
+    source, options = MiniLinkSource(size=100), EvaluationOptions()
+    outcome = run_evaluation(source.open(), options, loaded=load_sam(), cancel=event, progress=print)
+    write_outcome(outcome, "runs/eval", "embedded", command(source.arguments(), options), options)
 
 The predictions, the metric rows and the files are the ones `python -m sam_core.evaluate` makes on the same
 samples (same batches, `summarise`, `write_results`), so a run here and a run on the command line are
@@ -170,8 +171,9 @@ class EvaluationOutcome:
     def summary(self) -> str:
         done = len(self.samples)
         if self.status == "complete":
-            return f"Evaluated {done} samples in {self.seconds:.1f} s."
-        return f"{STOPPED[self.status].capitalize()} after {done} of {self.total} samples ({self.seconds:.1f} s); the results cover those {done}."
+            return f"Evaluated {done} sample{'s' * (done != 1)} in {self.seconds:.1f} s."
+        return (f"{STOPPED[self.status].capitalize()} after {done} of {self.total} samples ({self.seconds:.1f} s); "
+                f"the results cover those {done}.")
 
 
 class RunInterrupted(Exception):

@@ -29,15 +29,14 @@ def evaluate_minilink(client, size, min_images=3, max_images=4, tokens=24, tasks
     return json.loads(result), files
 
 
+def without_seconds(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+
+
 def command_line_rows(argv: list[str], out: Path) -> list[dict]:
     """results.json of `python -m sam_core.evaluate ARGV --out OUT`, without the timings."""
     main(argv + ["--out", str(out)])
-    rows = json.loads((out / "results.json").read_text())
-    return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
-
-
-def without_seconds(rows: list[dict]) -> list[dict]:
-    return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+    return without_seconds(json.loads((out / "results.json").read_text()))
 
 
 def test_the_api_gives_the_command_lines_numbers_and_files(client, tmp_path):
@@ -51,7 +50,7 @@ def test_the_api_gives_the_command_lines_numbers_and_files(client, tmp_path):
             "samples.csv", "by_images.csv", "by_task.png", "by_alpha.json", "alignment.csv"} <= names
     served = {Path(f).name: Path(f) for f in files}
     assert json.loads(served["predictions.json"].read_text()) == json.loads((tmp_path / "predictions.json").read_text())
-    assert "| task | metric | SAM | baseline |" in result["table"] and set(result["views"]) == {"by_images", "by_task", "by_alpha", "alignment"}
+    assert "| metric | SAM | baseline | SAM ÷ baseline (95% CI) |" in result["table"] and set(result["views"]) == {"by_images", "by_task", "by_alpha", "alignment"}
     sample = result["samples"][0]
     assert {"prompt", "reference", "answer_sam", "answer_baseline", "cider_difference", "outcome", "alpha_lift",
             "alignment_sam", "alignment_baseline"} <= set(sample)
@@ -117,3 +116,46 @@ def test_someone_elses_compare_is_answered_while_an_evaluation_runs(app_url):
     assert not job.done(), "the evaluation had already finished: it did not overlap the comparison"
     assert evaluator.predict(api_name="/cancel_evaluation") == "Cancelling…"
     assert json.loads(job.result(timeout=60)[0])["status"] == "cancelled"
+
+
+def test_a_sample_opens_in_the_main_view_with_its_exact_prompt(settings):
+    """The main view rebuilds a sample's prompt from its task controls: the same prompt, or Explain would explain
+    something else."""
+    from app.evaluation_tab import main_view_inputs
+    from app.service import SamService
+    from sam_core.data import MiniLink
+
+    service = SamService.__new__(SamService)  # prompt building needs no model
+    service.settings = settings
+    samples = [MiniLink(2, 1, MiniLinkConfig(min_images=3, max_images=3, tasks=(task,)))[0] for task in ALL_TASKS]
+    for sample, expected in zip(samples, ("Group captioning", "Storytelling", "Free question")):
+        task, question, captions = main_view_inputs(sample.instruction, 3)
+        assert task == expected
+        assert service.prompt(task, 3, question, captions) == sample.instruction
+    odd = "What is shared?{image#1}Caption#1:   {image#2}Caption#2:"
+    assert main_view_inputs(odd, 2) == ("Free question", odd, [])
+
+
+def test_the_api_cannot_evaluate_files_nobody_uploaded(app_url, tmp_path):
+    """A raw call naming server files as the annotations and the zip is refused (gradio_client would upload them)."""
+    import httpx
+
+    annotations = write_split(tmp_path / "data", seed=5, size=1, config=MiniLinkConfig(min_images=2, max_images=2))
+    images = tmp_path / "images.zip"
+    with zipfile.ZipFile(images, "w") as archive:
+        for image in (annotations.parent / "images").iterdir():
+            archive.write(image, f"images/{image.name}")
+
+    def call(annotations_path, images_path):
+        files = [{"path": str(path), "meta": {"_type": "gradio.FileData"}} for path in (annotations_path, images_path)]
+        data = ["upload", 1, 3, 4, 0, True, 2, ALL_TASKS, *files, 4]
+        event = httpx.post(f"{app_url}gradio_api/call/evaluate", json={"data": data}, timeout=30).json()["event_id"]
+        return httpx.get(f"{app_url}gradio_api/call/evaluate/{event}", timeout=60).text
+
+    def upload(path):
+        with path.open("rb") as handle:
+            return httpx.post(f"{app_url}gradio_api/upload", files={"files": handle}, timeout=30).json()[0]
+
+    answer = call(annotations, images)
+    assert "event: error" in answer and "samples_done" not in answer
+    assert '"samples_done\\": 1' in call(upload(annotations), upload(images))  # the same files, uploaded: evaluated
