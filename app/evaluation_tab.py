@@ -453,7 +453,7 @@ def build_evaluation_tab(service: SamService) -> EvaluationTab:
                 continue
             stem = record.folder / "views" / name
             rows = [{k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()} for row in view.rows]
-            updates += [gr.update(visible=True), f"#### {view.title}\n{view.note}", str(stem.with_suffix(".png")),
+            updates += [gr.update(visible=True), f"### {view.title}\n{view.note}", str(stem.with_suffix(".png")),
                         gr.update(value=[list(r.values()) for r in rows], headers=list(rows[0])),
                         [str(stem.with_suffix(s)) for s in (".csv", ".json", ".png")]]
         return updates

@@ -48,8 +48,9 @@ def test_evaluate_filter_open_and_explain_a_sample(browser, app_url):  # noqa: F
 
     page.get_by_role("tab", name="Where guidance helps").click()
     for title in ("By number of images", "By task", "By where the guidance weights α point", "Alignment of the visual tokens"):
-        page.get_by_role("heading", name=title).wait_for()
-    page.wait_for_function("() => [...document.querySelectorAll('img')].filter(i => i.naturalWidth >= 400).length >= 4")
+        page.get_by_role("heading", name=title).scroll_into_view_if_needed()  # figures load as they come into view
+        page.wait_for_timeout(300)
+    page.wait_for_function("() => [...document.querySelectorAll('img')].filter(i => i.naturalWidth >= 400).length >= 5")
     page.screenshot(path=SHOTS / "evaluate-views.png", full_page=True)
 
     page.get_by_role("tab", name="Samples").click()
