@@ -162,9 +162,9 @@ def build_views(controls: ExplainControls) -> ExplainPanel:
                         tokens, alignment, report)
 
 
-def wire_explain(panel: ExplainPanel, service: SamService, store: ReportStore, request: list, answers: list):
-    """Explain runs the analysis and draws every tab; the selectors re-plot; the Report tab's button writes the report.
-    Returns the analysis event (a change of the inputs cancels it)."""
+def analyse_after(event, panel: ExplainPanel, service: SamService, store: ReportStore, request: list, answers: list):
+    """Run the analysis of `request` when `event` fires (Explain's click, or a step that succeeded) and draw every tab;
+    the old report goes first. Returns the analysis event (a change of the inputs cancels it)."""
     def explain_request(*args, progress=gr.Progress()):
         return run_explain(service, store, *args, progress=progress)
 
@@ -172,12 +172,15 @@ def wire_explain(panel: ExplainPanel, service: SamService, store: ReportStore, r
         store.drop(key)
         return None, "", *empty_views("Explaining…")
 
-    analysis = panel.button.click(forget, [panel.key], [panel.key, panel.note, *panel.views], api_visibility="private",
-                                  queue=False).then(
+    return event(forget, [panel.key], [panel.key, panel.note, *panel.views], api_visibility="private", queue=False).then(
         explain_request, [panel.layout, panel.key, panel.window, *request],
         [panel.key, panel.note, panel.window, *answers, *panel.views], api_visibility="private",
         show_progress_on=[panel.progress], js=SCREEN_LAYOUT,
     )
+
+
+def wire_explain(panel: ExplainPanel, store: ReportStore):
+    """The selectors re-plot the kept report; the Report tab's button writes the report."""
     panel.report.write.click(lambda key: report_files(store, key), panel.key, outputs_of(panel.report), api_visibility="private")
     attention = panel.attention
     attention.stream.input(
@@ -191,7 +194,6 @@ def wire_explain(panel: ExplainPanel, service: SamService, store: ReportStore, r
                              [panel.layout, panel.key, panel.tokens.token],
                              [panel.tokens.images, panel.tokens.patches, panel.tokens.words], api_visibility="private",
                              js=SCREEN_LAYOUT)
-    return analysis
 
 
 # ---------------------------------------------------------------------------------------------- callbacks

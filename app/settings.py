@@ -44,6 +44,8 @@ class AppSettings:
     host: str
     port: int
     torch_threads: int | None  # None: torch's default (one per core)
+    max_eval_samples: int  # samples per dataset evaluation (the "Evaluate a dataset" tab and /evaluate)
+    eval_time_budget: float  # seconds per dataset evaluation; it stops there with the samples done so far
     cache_ttl: int = 3600  # seconds an upload or a report stays in Gradio's cache
 
     @property
@@ -76,4 +78,6 @@ class AppSettings:
             port=_env_int("SAM_PORT", _env_int("GRADIO_SERVER_PORT", 7860)),
             torch_threads=_env_int("SAM_TORCH_THREADS", 0 if gpu or os.environ.get("SAM_MODEL") else 1) or None,
             cache_ttl=_env_int("SAM_CACHE_TTL", 3600),
+            max_eval_samples=_env_int("SAM_MAX_EVAL_SAMPLES", 2000 if gpu else 500),
+            eval_time_budget=_env_float("SAM_EVAL_TIME_BUDGET", 1800.0 if gpu else 600.0),
         )

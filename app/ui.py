@@ -1,14 +1,18 @@
 """SAM studio's page, as an outline: a header that says what the loaded model knows, then the pages (top-level
-tabs; today one, "Compare and explain": the inputs beside the answers, then the Explain views), then the API
-endpoints. Each panel's builder and callbacks live in its own module (inputs, answers, explain, api); this one
-wires what crosses panels: a new image set or task makes the answers and the views stale, so they are cleared."""
+tabs: "Compare and explain", the inputs beside the answers, then the Explain views; "Evaluate a dataset"), then the
+API endpoints. Each panel's builder and callbacks live in its own module (inputs, answers, explain, evaluation_tab,
+api); this one wires what crosses panels: a new image set or task makes the answers and the views stale, so they are
+cleared, and a dataset sample opens in the studio and is explained there."""
+
+from dataclasses import dataclass
 
 import gradio as gr
 
-from .answers import WAITING, build_answers, run_compare
+from .answers import WAITING, AnswersPanel, build_answers, run_compare
 from .api import build_api
 from .domain import check_domain, model_notice, out_of_domain_markdown
-from .explain import build_explain_controls, build_views, empty_views, wire_explain
+from .evaluation_tab import build_evaluation_tab, connect_main_view
+from .explain import ExplainPanel, analyse_after, build_explain_controls, build_views, empty_views, wire_explain
 from .inputs import InputsPanel, build_inputs, load_example
 from .refusals import Blocks
 from .service import SamService
@@ -43,16 +47,25 @@ def build_demo(service: SamService) -> gr.Blocks:
     with Blocks(title="SAM studio", delete_cache=(min(ttl, 600), ttl)) as demo:
         gr.Markdown(INTRO)
         banner = gr.Markdown(banner_markdown(service), elem_id="banner")
-        inputs = build_pages(service, store, demo)
+        inputs = build_pages(service, store)
         build_api(service, inputs.example_sets[0] if inputs.example_sets else None)
         demo.load(lambda: banner_markdown(service), None, banner, api_visibility="private", show_progress="hidden")
     return demo
 
 
-def build_pages(service: SamService, store: ReportStore, demo: gr.Blocks) -> InputsPanel:
-    """The page's top-level sections. Today one, the studio; a further page (the dataset evaluation) goes beside it:
-    wrap both in `gr.Tabs(elem_id="pages")`, one `gr.Tab` each."""
-    return build_studio(service, store, demo)
+def build_pages(service: SamService, store: ReportStore) -> InputsPanel:
+    """The page's top-level sections: the studio, and the dataset evaluation, whose samples open in the studio and
+    are explained there."""
+    with gr.Tabs(elem_id="pages", selected="studio") as pages:
+        with gr.Tab("Compare and explain", id="studio"):
+            studio = build_studio(service)
+        with gr.Tab("Evaluate a dataset", id="evaluate"):
+            evaluation = build_evaluation_tab(service)
+    inputs = studio.inputs
+    opened = connect_main_view(evaluation, pages=pages, main_page="studio", gallery=inputs.gallery, task=inputs.task,
+                               question=inputs.question, caption_boxes=inputs.captions, reference=inputs.reference)
+    wire_studio(studio, service, store, explain_after=[opened.success])
+    return inputs
 
 
 def banner_markdown(service: SamService) -> str:
@@ -61,21 +74,36 @@ def banner_markdown(service: SamService) -> str:
     return "\n\n".join(n for n in notes if n)
 
 
-def build_studio(service: SamService, store: ReportStore, demo: gr.Blocks) -> InputsPanel:
-    """Inputs beside the answers, the Explain views below; then what crosses panels."""
+@dataclass
+class Studio:
+    inputs: InputsPanel
+    answers: AnswersPanel
+    explain: ExplainPanel
+
+
+def build_studio(service: SamService) -> Studio:
+    """Inputs beside the answers, the Explain views below."""
     with gr.Row():
         with gr.Column(scale=5, min_width=320):
             inputs = build_inputs(service)
         with gr.Column(scale=6, min_width=320):
             answers = build_answers(service, inputs.reference)
             controls = build_explain_controls()
-    explain = build_views(controls)
+    return Studio(inputs, answers, build_views(controls))
+
+
+def wire_studio(studio: Studio, service: SamService, store: ReportStore, explain_after: list) -> None:
+    """What crosses the studio's panels. `explain_after`: further events whose success runs Explain (a dataset sample
+    opened in the studio)."""
+    inputs, answers, explain = studio.inputs, studio.answers, studio.explain
 
     def stream_answers(*request):
         yield from run_compare(service, *request)
 
     running = [inputs.compare.click(stream_answers, inputs.request, answers.outputs, api_visibility="private")]
-    running.append(wire_explain(explain, service, store, inputs.request, [answers.sam, answers.baseline]))
+    running += [analyse_after(event, explain, service, store, inputs.request, [answers.sam, answers.baseline])
+                for event in [explain.button.click, *explain_after]]
+    wire_explain(explain, store)
 
     # Whatever changes the images or the task makes the answers and every view stale: they are cleared at once, and
     # answers or an analysis still running for the old inputs are cancelled (they would arrive stale).
@@ -94,7 +122,6 @@ def build_studio(service: SamService, store: ReportStore, demo: gr.Blocks) -> In
     gr.on(inputs.edits, lambda: "", None, inputs.reference, api_visibility="private", queue=False)  # it was for the old set
     inputs.gallery.change(lambda gallery: domain_warning(service, gallery), inputs.gallery, answers.domain,
                           api_visibility="private")
-    return inputs
 
 
 def forget_views(store: ReportStore, key) -> list:

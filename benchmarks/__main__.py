@@ -10,7 +10,7 @@ import platform
 import psutil
 import torch
 
-from . import analysis, app_latency, end_to_end, extraction, gpu, gpu_check, memory, quantization, startup
+from . import analysis, app_latency, end_to_end, evaluation, extraction, gpu, gpu_check, memory, quantization, startup
 
 SCENARIOS = {
     "extraction": ("Extraction at the full Q-Former shape", extraction.main, ["--repeats", "5"], ["--repeats", "2"]),
@@ -19,6 +19,8 @@ SCENARIOS = {
     "analysis": ("Analysis views, as multiples of one SAM generation", analysis.main, ["--repeats", "5"], ["--repeats", "2"]),
     "app_latency": ("App: request to both answers through gradio_client", app_latency.main, ["--repeats", "10"], ["--repeats", "3"]),
     "startup": ("Start-up, whole processes, against the baseline commit", startup.main, ["--repeats", "7"], ["--repeats", "1"]),
+    "evaluation": ("Dataset evaluation through the app, and /compare beside it", evaluation.main, [],
+                   ["--samples", "24", "--compares", "3"]),
     "memory": ("Memory model of the full model (GPU)", memory.main, ["--check", "docs/gpu_h100.json"], ["--images", "1", "8"]),
     "gpu": ("Full size on a GPU", gpu.main, [], ["--images", "4", "--new-tokens", "8", "--repeats", "1"]),
     "gpu_check": ("The Space path on a GPU", gpu_check.main, [], ["--new-tokens", "8"]),

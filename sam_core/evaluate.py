@@ -3,7 +3,7 @@
     python -m sam_core.evaluate --model checkpoints/minilink --data minilink --size 600 --out runs/eval
     python -m sam_core.evaluate --model k1=runs/k1/sam k2=runs/k2/sam --num-images 2 3 4 5 6 --tasks group
 
-Writes predictions.json, results.json, results.md and results.png to --out and prints the markdown table
+Writes predictions.json/.csv, results.json/.csv, results.md and results.png to --out and prints the markdown table
 (with --linked-attention, also linked_attention.json: how much of the extraction's attention lands on the linked
 object, SAM next to the baseline).
 `--data` is "minilink" (the held-out test split, generated from its own seed) or an annotations.json in the
@@ -11,9 +11,11 @@ authors' schema (records may carry "task" and "linked" for accuracy).
 """
 
 import argparse
+import csv
 import json
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -26,6 +28,7 @@ from .data import (
 from .generation import generation_kwargs
 from .loading import QUANTIZATIONS, LoadedSam, load_sam
 from .metrics import bootstrap_interval, normalize_answer, paired_bootstrap_ratio, score_captions
+from .modeling import SamVisualTokens
 from .train import batch_indices
 
 MODES = ("sam", "baseline")
@@ -38,15 +41,29 @@ class Prediction:
     linked: str | None
     reference: str
     answers: dict[str, str]
+    num_images: int | None = None
+
+
+@dataclass
+class PredictedBatch:
+    """One batch of `predict_batches`: the dataset indices, their predictions, the images and prompts read and
+    each mode's visual tokens (for per-sample diagnostics such as the guidance weights)."""
+
+    indices: list[int]
+    predictions: list[Prediction]
+    images: list[list]
+    prompts: list[str]
+    visual: dict[str, SamVisualTokens]
 
 
 @torch.no_grad()
-def predict(loaded: LoadedSam, dataset, modes=MODES, batch_size: int = 16, preset: str = "greedy", **overrides) -> list[Prediction]:
-    """Answers of every mode for every sample; SAM and baseline share one vision pass per batch."""
+def predict_batches(loaded: LoadedSam, dataset, modes=MODES, batch_size: int = 16, preset: str = "greedy",
+                    **overrides) -> Iterator[PredictedBatch]:
+    """Answers of every mode for every sample, one batch (of samples with the same N) at a time; SAM and baseline
+    share one vision pass per batch. The order is fixed, so any consumer sees the same batches."""
     model, processor = loaded.model, loaded.processor
     settings = generation_kwargs(preset, **overrides)
     device = model.query_tokens.device
-    predictions = []
     for indices in sorted(batch_indices(dataset, batch_size, seed=0, epoch=0), key=min):
         image_sets, prompts, references, records = read_items(dataset, indices)
         inputs = processor(image_sets, prompts).to(device)
@@ -63,12 +80,18 @@ def predict(loaded: LoadedSam, dataset, modes=MODES, batch_size: int = 16, prese
             )
             for mode, tokens in visual.items()
         }
-        for row, (reference, record) in enumerate(zip(references, records)):
-            predictions.append(
-                Prediction(str(record["id"]), record.get("task", "all"), record.get("linked"), reference,
-                           {mode: texts[mode][row] for mode in modes})
-            )
-    return predictions
+        predictions = [
+            Prediction(str(record["id"]), record.get("task", "all"), record.get("linked"), reference,
+                       {mode: texts[mode][row] for mode in modes}, len(images))
+            for row, (reference, record, images) in enumerate(zip(references, records, image_sets))
+        ]
+        yield PredictedBatch(list(indices), predictions, image_sets, prompts, visual)
+
+
+def predict(loaded: LoadedSam, dataset, modes=MODES, batch_size: int = 16, preset: str = "greedy", **overrides) -> list[Prediction]:
+    """Answers of every mode for every sample (see `predict_batches`)."""
+    batches = predict_batches(loaded, dataset, modes, batch_size, preset, **overrides)
+    return [prediction for batch in batches for prediction in batch.predictions]
 
 
 def answer_is_correct(prediction: Prediction, mode: str) -> bool:
@@ -197,9 +220,13 @@ def plot(rows: list[dict], path: Path) -> None:
     plt.close(figure)
 
 
-def eval_config(num_images: int | None = None, objects: int | None = None, decoys: bool = False) -> MiniLinkConfig:
-    """The MiniLINK setting of an evaluation: optionally a fixed N, a fixed number of objects per image, decoys."""
+def eval_config(num_images: int | None = None, objects: int | None = None, decoys: bool = False,
+                images: tuple[int, int] | None = None) -> MiniLinkConfig:
+    """The MiniLINK setting of an evaluation: optionally a fixed N (or N drawn from an `images` range), a fixed
+    number of objects per image, decoys."""
     config = MiniLinkConfig(decoys=decoys)
+    if images is not None:
+        config = replace(config, min_images=images[0], max_images=images[1])
     if num_images is not None:
         config = replace(config, min_images=num_images, max_images=num_images)
     if objects is not None:
@@ -207,10 +234,12 @@ def eval_config(num_images: int | None = None, objects: int | None = None, decoy
     return config
 
 
-def open_eval_dataset(data: str, size: int, num_images: int | None, objects: int | None = None, decoys: bool = False):
-    """The MiniLINK test split in the setting `eval_config` builds, or an annotations file."""
+def open_eval_dataset(data: str, size: int, num_images: int | None, objects: int | None = None, decoys: bool = False,
+                      seed: int = SPLIT_SEEDS["test"], images: tuple[int, int] | None = None):
+    """MiniLINK samples from `seed` (the test split by default) in the setting `eval_config` builds, or an
+    annotations file."""
     if data == "minilink":
-        return MiniLink(SPLIT_SEEDS["test"], size, eval_config(num_images, objects, decoys))
+        return MiniLink(seed, size, eval_config(num_images, objects, decoys, images))
     return AnnotationDataset(data)
 
 
@@ -231,6 +260,9 @@ def main(argv=None) -> None:
     parser.add_argument("--objects", type=int, default=None,
                         help="MiniLINK: this many objects per image (1: only the linked object, a read-out check)")
     parser.add_argument("--decoys", action="store_true", help="MiniLINK: a decoy colour and a decoy shape in every image")
+    parser.add_argument("--images", type=int, nargs=2, default=None, metavar=("MIN", "MAX"),
+                        help="MiniLINK: N drawn from MIN..MAX per sample (default: the generator's range)")
+    parser.add_argument("--seed", type=int, default=SPLIT_SEEDS["test"], help="MiniLINK: the split's seed (default: test)")
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("--adapter", default=None, help="SAM adapter weights for every --model: a file or a Hub reference")
     parser.add_argument("--quantization", choices=QUANTIZATIONS, default="auto",
@@ -252,7 +284,8 @@ def main(argv=None) -> None:
         loaded = load_sam(path, args.adapter, quantization=args.quantization)
         precision = loaded.info.precision
         for num_images in args.num_images or [None]:
-            dataset = only_tasks(open_eval_dataset(args.data, args.size, num_images, args.objects, args.decoys), args.tasks)
+            dataset = open_eval_dataset(args.data, args.size, num_images, args.objects, args.decoys, args.seed, args.images)
+            dataset = only_tasks(dataset, args.tasks)
             start = time.perf_counter()
             predictions = predict(loaded, dataset, args.modes, args.batch_size, args.preset, max_new_tokens=args.max_new_tokens)
             seconds = time.perf_counter() - start
@@ -265,19 +298,57 @@ def main(argv=None) -> None:
         if args.linked_attention:
             attention[label or path or "embedded"] = linked_attention_share(
                 loaded, args.linked_attention, config=eval_config(objects=args.objects, decoys=args.decoys))
-    table = markdown_table(all_rows)
+    command = "python -m sam_core.evaluate " + " ".join(argv if argv is not None else sys.argv[1:])
+    print(write_results(out, all_rows, all_predictions, command, args.preset, args.max_new_tokens, attention, precision))
+
+
+RESULT_FILES = ("predictions.json", "predictions.csv", "results.json", "results.csv", "results.md", "results.png")
+
+
+def write_results(out: Path, rows: list[dict], predictions: dict[str, list[dict]], command: str, preset: str,
+                  max_new_tokens: int, attention: dict | None = None, precision: str | None = None) -> str:
+    """Write RESULT_FILES (and linked_attention.json) to `out`; returns the markdown table. The CLI and the app's
+    dataset tab both write through here, so their files are interchangeable."""
+    table = markdown_table(rows)
     if attention:
         table += "\n\nShare of the last Q-Former layer's attention on the linked object (group captioning test samples):\n\n"
         table += "| model | SAM | baseline |\n|---|---|---|\n"
         table += "\n".join(f"| {name} | {100 * a['sam']:.1f}% | {100 * a['baseline']:.1f}% |" for name, a in attention.items())
-    (out / "predictions.json").write_text(json.dumps(all_predictions, indent=1))
-    (out / "results.json").write_text(json.dumps(all_rows, indent=1))
-    if attention:
         (out / "linked_attention.json").write_text(json.dumps(attention, indent=1))
-    command = "python -m sam_core.evaluate " + " ".join(argv if argv is not None else sys.argv[1:])
-    (out / "results.md").write_text(f"{table}\n\nMade by `{command}` (decoding: {args.preset}, max {args.max_new_tokens} new tokens; {precision}).\n")
-    plot(all_rows, out / "results.png")
-    print(table)
+    (out / "predictions.json").write_text(json.dumps(predictions, indent=1))
+    prediction_rows = [
+        {"model": name, **{k: v for k, v in p.items() if k != "answers"}, **{f"answer_{m}": a for m, a in p["answers"].items()}}
+        for name, items in predictions.items() for p in items
+    ]
+    write_csv(out / "predictions.csv", prediction_rows)
+    (out / "results.json").write_text(json.dumps(rows, indent=1))
+    write_csv(out / "results.csv", [flat_row(row) for row in rows])
+    precision = f"; {precision}" if precision else ""
+    (out / "results.md").write_text(f"{table}\n\nMade by `{command}` (decoding: {preset}, max {max_new_tokens} new tokens{precision}).\n")
+    plot(rows, out / "results.png")
+    return table
+
+
+def flat_row(row: dict) -> dict:
+    """A results row for a CSV: intervals and ratios split into their own columns."""
+    flat = {}
+    for key, value in row.items():
+        if key.endswith("_ci"):
+            flat[f"{key}_low"], flat[f"{key}_high"] = value
+        elif key == "cider_ratio":
+            flat["cider_ratio"], flat["cider_ratio_low"], flat["cider_ratio_high"] = value or (None, None, None)
+        else:
+            flat[key] = value
+    return flat
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    """Rows with possibly different keys, as one CSV (the union of their columns, in first-seen order)."""
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, columns)
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 if __name__ == "__main__":

@@ -31,9 +31,9 @@ def service():
     return SamService(dataclasses.replace(AppSettings.from_env(), max_images=4))
 
 
-def test_the_api_page_names_describes_and_exemplifies_both_endpoints(service):
+def test_the_api_page_names_describes_and_exemplifies_the_comparison_endpoints(service):
     info = build_demo(service).get_api_info()["named_endpoints"]
-    assert set(info) == {"/compare", "/explain"}
+    assert set(info) == {"/compare", "/explain", "/evaluate", "/cancel_evaluation"}
     for name, expected in (("/compare", ["images", "task", "question", "captions", "preset", "max_new_tokens", "seed"]),
                            ("/explain", ["images", "task", "question", "captions", "max_new_tokens", "seed"])):
         endpoint = info[name]
