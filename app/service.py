@@ -246,6 +246,6 @@ def random_minilink_group(seed: int, num_images: int = 4, decoys: bool = True) -
     """A fresh MiniLINK group-captioning sample: (images, prompt, the reference answer). With decoys by default,
     the setting the embedded model was trained and scored in, where reading each image alone cannot tell which
     colour goes with which shape."""
-    config = MiniLinkConfig(min_images=num_images, max_images=num_images, tasks=("group",), decoys=decoys)
+    config = MiniLinkConfig(min_images=num_images, max_images=num_images, tasks=("group",), version=2 if decoys else 1)
     sample = MiniLink(seed=1000 + seed, size=1, config=config)[0]
     return sample.images, sample.instruction, sample.output
