@@ -32,6 +32,7 @@ from sam_core.evaluation_run import (
 )
 from sam_core.metrics import paired_bootstrap_ratio
 from sam_core.processing import ImageLoadError, group_caption_prompt, storytelling_prompt
+from sam_core.shortcuts import NO_BINDING
 
 from .refusals import refusal
 from .service import InputError, ResourceError, SamService, out_of_memory_answer
@@ -143,9 +144,11 @@ def evaluate(service: SamService, source_kind: str, minilink: tuple, annotations
     run = dict(options=options, turn=lambda: model_turn(service), cancel=cancel, progress=progress,
                measure=alignment_measure, image_dir=folder / "images")
     try:
+        model_name = service.info["name"]
         if source_kind == "minilink":
             source = minilink_source(*minilink, settings)
             outcome, data_arguments = run_evaluation(source.open(), **run), source.arguments()
+            model_name = source.label(model_name)
         elif source_kind == "upload":
             if not annotations or not images_zip:
                 raise InputError("Upload both the annotations JSON and the zip of its images.")
@@ -158,7 +161,6 @@ def evaluate(service: SamService, source_kind: str, minilink: tuple, annotations
         line = command(data_arguments, options)
         table = metrics_table(outcome)
         views = dataset_views(outcome.samples)
-        model_name = service.info["name"]
         files = write_run_files(outcome, views, folder, model_name, line, options) if outcome.samples else []
         return EvaluationRecord(outcome, views, folder, files, line, table, model_name)
     except (DatasetUploadError, ImageLoadError) as error:
@@ -215,14 +217,19 @@ def metrics_table(outcome: EvaluationOutcome) -> str:
     parts = []
     for task in dict.fromkeys(row["task"] for row in outcome.rows):
         sam, baseline = (next(r for r in outcome.rows if r["task"] == task and r["mode"] == mode) for mode in ("sam", "baseline"))
+        rules = [r for r in outcome.rows if r["task"] == task and r["mode"].startswith(f"rule: {NO_BINDING}")]
         chosen = [s for s in outcome.samples if s.prediction.task == task]
         entries = [("BLEU-4", f"{sam['bleu4']:.1f}", f"{baseline['bleu4']:.1f}", "–"),
                    ("ROUGE-L", f"{sam['rouge_l']:.1f}", f"{baseline['rouge_l']:.1f}", "–"),
-                   ("CIDEr", interval_text(sam, "cider"), interval_text(baseline, "cider"), ratio_text(sam.get("cider_ratio")))]
+                   ("CIDEr", interval_text(sam, "cider"), interval_text(baseline, "cider"), ratio_text(baseline.get("sam_cider_ratio")))]
         if "accuracy" in sam:
             ratio = paired_ratio([100.0 * s.correct["sam"] for s in chosen], [100.0 * s.correct["baseline"] for s in chosen])
             entries.append(("accuracy %", interval_text(sam, "accuracy"), interval_text(baseline, "accuracy"), ratio_text(ratio)))
         lines = [f"**{task}** · n = {sam['n']}", "", "| metric | SAM | baseline | SAM ÷ baseline (95% CI) |", "|---|---|---|---|"]
+        if rules and "accuracy" in sam:
+            best = max(rules, key=lambda r: r["accuracy"])
+            entries.append((f"best no-binding rule's accuracy % ({best['mode'].split(': ', 2)[-1]})", "–", "–",
+                            f"{best['accuracy']:.1f} (SAM {sam['accuracy'] - best['accuracy']:+.1f} points)"))
         parts.append("\n".join(lines + [f"| {name} | {a} | {b} | {r} |" for name, a, b, r in entries]))
     return "\n\n".join(parts)
 
@@ -359,7 +366,8 @@ def build_evaluation_tab(service: SamService) -> EvaluationTab:
                     max_images_slider = gr.Slider(2, max(max_images, 3), value=high_images, step=1, label="Most images per sample")
                 objects = gr.Dropdown([(f"{object_range} (the generator's range)", 0)] + [(str(k), k) for k in range(1, 10)],
                                       value=0, label="Objects per image")
-                decoys = gr.Checkbox(True, label="Decoys (the setting the embedded model was trained in)")
+                decoys = gr.Checkbox(False, label="Version 1 with decoys (the earlier benchmark; version 2, the default, always "
+                                     "holds balanced decoys)")
                 seed = gr.Number(2, precision=0, label="Seed", info="2 is the held-out test split")
                 tasks = gr.CheckboxGroup(TASK_CHOICES, value=list(TASKS), label="Tasks")
             with gr.Group(visible=False) as upload_box:
@@ -528,8 +536,8 @@ def build_evaluation_tab(service: SamService) -> EvaluationTab:
             size: MiniLINK samples, at most SAM_MAX_EVAL_SAMPLES
             min_images: MiniLINK: fewest images per sample (at least 2)
             max_images: MiniLINK: most images per sample (at most SAM_MAX_IMAGES)
-            objects: MiniLINK: objects per image, 1 to 9 (3 or more with decoys); 0 for the generator's range
-            decoys: MiniLINK: a decoy colour and a decoy shape in every image
+            objects: MiniLINK: objects per image, 3 to 9; 0 for the generator's range
+            decoys: MiniLINK: version 1 with decoys (the earlier benchmark) instead of version 2
             seed: MiniLINK: the split's seed (2 = the test split)
             tasks: MiniLINK: any of "group", "story", "question"
             annotations: upload: the annotations JSON in the authors' schema

@@ -32,18 +32,17 @@ class Slot:
 
     name: str
     task: str
-    decoys: bool
     sam: str
     baseline: str
     num_images: int = 4
 
 
 SLOTS = (
-    Slot("group-sam-binds", "group", decoys=True, sam="right", baseline="wrong"),
-    Slot("story-sam-binds", "story", decoys=True, sam="right", baseline="wrong"),
-    Slot("group-both-right", "group", decoys=False, sam="right", baseline="right", num_images=3),
-    Slot("group-both-wrong", "group", decoys=True, sam="wrong", baseline="wrong"),
-    Slot("question-both-right", "question", decoys=True, sam="right", baseline="right"),
+    Slot("group-sam-binds", "group", sam="right", baseline="wrong"),
+    Slot("story-sam-binds", "story", sam="right", baseline="wrong"),
+    Slot("group-both-right", "group", sam="right", baseline="right", num_images=3),
+    Slot("group-both-wrong", "group", sam="wrong", baseline="wrong"),
+    Slot("question-both-right", "question", sam="right", baseline="right"),
 )
 
 
@@ -101,7 +100,7 @@ def shows_line(slot: Slot, sample: MiniLinkSample, answers: dict[str, str]) -> s
         what = "the baseline pairs a colour and a shape that every picture has, but never together" if mixes else "the baseline does not"
         return f"SAM names the shared object ({sample.linked}); {what}."
     if (sam, baseline) == ("right", "right"):
-        return "Both right: guidance is not needed here" + (" (no decoys)." if not slot.decoys else ".")
+        return "Both right: guidance is not needed here."
     if (sam, baseline) == ("wrong", "wrong"):
         return f"Both wrong: neither names the shared {sample.linked}; guidance does not always find it."
     return "The baseline is right and SAM is not: guidance can also mislead."
@@ -110,7 +109,7 @@ def shows_line(slot: Slot, sample: MiniLinkSample, answers: dict[str, str]) -> s
 def select(pipeline: SamPipeline, slot: Slot, taken: set[str], limit: int = 400) -> tuple[MiniLinkSample, dict[str, str]]:
     """The first dev-split sample in the slot's setting whose greedy answers have the slot's outcome, skipping
     linked objects earlier slots took (so that no two examples are about the same object)."""
-    config = MiniLinkConfig(min_images=slot.num_images, max_images=slot.num_images, tasks=(slot.task,), decoys=slot.decoys)
+    config = MiniLinkConfig(min_images=slot.num_images, max_images=slot.num_images, tasks=(slot.task,))
     dataset = MiniLink(SPLIT_SEEDS["dev"], limit, config)
     for index in range(limit):
         sample = dataset[index]
@@ -145,7 +144,7 @@ def write_example(slot: Slot, sample: MiniLinkSample, answers: dict[str, str], d
         "shows": shows_line(slot, sample, answers),
         "outcome": {"sam": slot.sam, "baseline": slot.baseline},
         "answers": answers,
-        "selected": f"dev split, sample {sample.id}, decoys {slot.decoys}; greedy, seed 0, at most {MAX_NEW_TOKENS} new tokens",
+        "selected": f"dev split, sample {sample.id}, MiniLINK version {MiniLinkConfig.version}; greedy, seed 0, at most {MAX_NEW_TOKENS} new tokens",
     }
     (folder / "example.json").write_text(json.dumps([entry], indent=2, ensure_ascii=False) + "\n")
 

@@ -82,7 +82,7 @@ def main(argv=None) -> None:
     parser.add_argument("--compare-tokens", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the app (its default for the embedded model)")
     args = parser.parse_args(argv)
-    print(f"embedded default, MiniLINK test split with decoys (N 3–5, all tasks), greedy, ≤ 24 new tokens per answer, "
+    print(f"embedded default, MiniLINK test split, version 2 (N 3–5, all tasks), greedy, ≤ 24 new tokens per answer, "
           f"{torch.get_num_threads()} CPU threads available, app torch threads {args.threads}\n")
     with tempfile.TemporaryDirectory() as directory:
         with serve_app(Path(directory) / "app.log", SAM_TORCH_THREADS=str(args.threads), HF_HUB_OFFLINE="1") as app:

@@ -1,8 +1,8 @@
 """What 4-bit NF4 costs on the embedded model: held-out MiniLINK scores, and the speed and memory of a compare and
 an Explain, full precision next to NF4 in one run.
 
-Scores: the model card's evaluation (the held-out test split, greedy, 24 new tokens; with decoys by default, as
-`python -m sam_core.evaluate --model MODEL --decoys --size 600 --quantization none|4bit`) in each precision on the
+Scores: the model card's evaluation (the held-out test split, greedy, 24 new tokens; MiniLINK version 2 by default,
+as `python -m sam_core.evaluate --model MODEL --size 600 --quantization none|4bit`) in each precision on the
 same samples: per task and mode the accuracy in both, the paired 95% bootstrap interval of NF4 − fp32 (the target:
 0 inside every one), CIDEr in both, and how many answers are word for word the same.
 Speed: a compare (both 20-token answers in one batch) and an Explain (what the app's Explain button computes: one
@@ -36,9 +36,9 @@ NUM_IMAGES, ANSWER_TOKENS = 4, 20
 MODES = ("sam", "baseline")
 
 
-def score_rows(model: str | None, size: int, decoys: bool) -> list[dict]:
+def score_rows(model: str | None, size: int, version: int) -> list[dict]:
     """One row per (task, mode): accuracy and CIDEr in both precisions and the paired NF4 − fp32 interval."""
-    dataset = open_eval_dataset("minilink", size, None, decoys=decoys)
+    dataset = open_eval_dataset("minilink", size, None, version=version)
     predictions = {name: predict(load_sam(model, quantization=q, device="cpu"), dataset, max_new_tokens=24)
                    for name, q in PRECISIONS.items()}
     full, nf4 = predictions["fp32"], predictions["nf4"]
@@ -79,25 +79,25 @@ def score_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def request(decoys: bool):
-    sample = make_sample(2, 0, MiniLinkConfig(min_images=NUM_IMAGES, max_images=NUM_IMAGES, tasks=("group",), decoys=decoys))
+def request(version: int):
+    sample = make_sample(2, 0, MiniLinkConfig(min_images=NUM_IMAGES, max_images=NUM_IMAGES, tasks=("group",), version=version))
     return sample.images, sample.instruction
 
 
-def runs(pipeline: SamPipeline, decoys: bool) -> dict:
+def runs(pipeline: SamPipeline, version: int) -> dict:
     """The two requests timed: a compare, and an Explain's computation."""
-    images, prompt = request(decoys)
+    images, prompt = request(version)
     length = {"max_new_tokens": ANSWER_TOKENS, "min_new_tokens": ANSWER_TOKENS}
     return {"compare": lambda: pipeline.generate(images, prompt, mode="compare", **length),
             "explain": lambda: explain(pipeline, images, prompt, **length)}
 
 
-def memory(model: str | None, precision: str, threads: int, decoys: bool) -> dict:
+def memory(model: str | None, precision: str, threads: int, version: int) -> dict:
     """In this process (started for it): resident memory after loading, and its peak over one of each request."""
     torch.set_num_threads(threads)
     loaded = load_sam(model, quantization=PRECISIONS[precision], device="cpu")
     rss_loaded = psutil.Process().memory_info().rss / 2**20
-    for function in runs(SamPipeline(loaded), decoys).values():
+    for function in runs(SamPipeline(loaded), version).values():
         function()
     return {"weights_mb": loaded.info.weights_mb, "rss_loaded_mb": rss_loaded, "peak_rss_mb": peak_rss_mb(),
             "precision_in_use": loaded.info.precision}
@@ -120,32 +120,30 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="a checkpoint directory (default: the embedded model)")
     parser.add_argument("--size", type=int, default=600, help="held-out MiniLINK test samples (the card's 600)")
-    parser.add_argument("--no-decoys", action="store_true", help="MiniLINK without decoys (the card uses decoys)")
+    parser.add_argument("--version", type=int, default=MiniLinkConfig.version, choices=(1, 2), help="MiniLINK version (the card's: 2)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (the app's default for the embedded model)")
     parser.add_argument("--skip-scores", action="store_true", help="speed and memory only")
     parser.add_argument("--one", choices=sorted(PRECISIONS), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    decoys = not args.no_decoys
     if args.one:
-        print(json.dumps(memory(args.model, args.one, args.threads, decoys)))
+        print(json.dumps(memory(args.model, args.one, args.threads, args.version)))
         return
     torch.set_num_threads(args.threads)
     model = args.model or "the embedded model"
     print(f"{model}, torch {torch.__version__}, {args.threads} thread(s), {psutil.cpu_count()} CPU cores\n")
     if not args.skip_scores:
-        setting = "with decoys" if decoys else "without decoys"
-        print(f"Held-out MiniLINK test split {setting}, first {args.size} samples, greedy, 24 new tokens:\n")
-        print(score_table(score_rows(args.model, args.size, decoys)) + "\n")
+        print(f"Held-out MiniLINK test split (version {args.version}), first {args.size} samples, greedy, 24 new tokens:\n")
+        print(score_table(score_rows(args.model, args.size, args.version)) + "\n")
 
     pipelines = {name: SamPipeline(load_sam(args.model, quantization=q, device="cpu")) for name, q in PRECISIONS.items()}
-    functions = {(name, kind): function for name, pipeline in pipelines.items() for kind, function in runs(pipeline, decoys).items()}
+    functions = {(name, kind): function for name, pipeline in pipelines.items() for kind, function in runs(pipeline, args.version).items()}
     seconds = round_robin(functions, args.repeats)
     memories = {}
     for name in PRECISIONS:
         command = [sys.executable, "-m", "benchmarks.quantization", "--one", name, "--threads", str(args.threads)]
         command += ["--model", args.model] if args.model else []
-        command += ["--no-decoys"] if args.no_decoys else []
+        command += ["--version", str(args.version)]
         memories[name] = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
     print(f"{NUM_IMAGES} MiniLINK images, {ANSWER_TOKENS}-token answers, median of {args.repeats} round-robin runs; "
           "memory: each precision in its own process:\n")

@@ -3,8 +3,18 @@
 Every sample is a group of strongly different images (varied backgrounds, several coloured shapes each) that
 share exactly one object, the *linked* object; all other objects are distractors, none of which is in every
 image. Tasks follow the paper: group captioning (name the shared object) and storytelling (the character
-named in the captions is the linked object; the missing last caption must say what it is and where it
-stands in the last image). Everything is deterministic from (seed, index).
+named in the captions is the linked object; the missing last caption must say what it is). Everything is
+deterministic from (seed, index).
+
+Version 2 (the default) makes attribute frequency uninformative: every image holds, besides the linked object
+(colour c1, shape s1), the decoy colour c2 on another shape and the decoy shape s2 in another colour, and any
+distractor that shares one of these four attributes comes in a pair with its twin (c1 with c2, s1 with s2). So in
+every image c1 is exactly as frequent as c2 and s1 as s2, the colours in every image are exactly {c1, c2} and the
+shapes {s1, s2}: whoever sees only each image's bag of colours and bag of shapes cannot do better than one
+chance in four. Only binding colour to shape, across the images, finds the linked object.
+Version 1 (`version=1`) is the earlier benchmark, kept reproducible: optional decoys, distractors that share
+only the linked object's attributes (so the linked ones are more frequent), and a storytelling answer that also
+names the linked object's place in the last image.
 """
 
 import json
@@ -65,24 +75,36 @@ def minilink_vocabulary() -> list[str]:
 
 @dataclass(frozen=True)
 class MiniLinkConfig:
-    """Difficulty knobs. `alike` is the chance that a distractor shares the colour or the shape of the
-    linked object, which makes the images harder to tell apart by one attribute."""
+    """Difficulty knobs. `alike` is the chance that a distractor shares an attribute of the linked object (version
+    1) or, in version 2, that a free pair of places holds a twin pair of distractors sharing the linked and the decoy
+    colour (or shape), which makes the images harder to tell apart by one attribute."""
 
     min_images: int = 3
     max_images: int = 5
     min_objects: int = 3
     max_objects: int = 5
     alike: float = 0.5
-    # Decoys: every image also holds an object of one other colour and one of one other shape, never together,
-    # so the colours and the shapes that all images share do not say which colour goes with which shape.
+    # Version 1 only: every image also holds an object of one other colour and one of one other shape, never
+    # together (version 2 always has them, balanced).
     decoys: bool = False
     image_size: int = 64
     tasks: tuple[str, ...] = TASKS
     shapes: tuple[str, ...] = SHAPES  # fewer, more distinct shapes make perception easier
+    version: int = 2  # 2: balanced decoys, storytelling without the place; 1: the earlier benchmark
 
     def __post_init__(self):
-        if self.decoys and self.min_objects < 3:
+        if self.version not in (1, 2):
+            raise ValueError(f"MiniLINK version must be 1 or 2, got {self.version}")
+        if self.version == 2 and self.decoys:
+            raise ValueError("decoys are a version-1 knob: version 2 always holds balanced decoys")
+        if self.has_decoys and self.min_objects < 3:
             raise ValueError("decoys need at least 3 objects per image: the linked object and the two decoys")
+        if self.version == 2 and len(self.shapes) < 4:
+            raise ValueError("version 2 needs at least 4 shapes: the linked, the decoy and others for the decoys")
+
+    @property
+    def has_decoys(self) -> bool:
+        return self.version == 2 or self.decoys
 
 
 @dataclass
@@ -238,6 +260,37 @@ def decoy_kinds(rng: random.Random, linked: tuple[str, str], decoy: tuple[str, s
     return {(decoy[0], rng.choice(others)), (rng.choice(other_colours), decoy[1])}
 
 
+def balanced_kinds(rng: random.Random, linked: tuple[str, str], decoy: tuple[str, str], count: int,
+                   config: MiniLinkConfig) -> set:
+    """One version-2 image: the linked object (c1, s1), the decoy colour c2 on another shape, the decoy shape s2 in
+    another colour, twin pairs of alike distractors ((c1, x) with (c2, y), or (x, s1) with (y, s2)) and neutral
+    distractors that share none of the four attributes. c1 and c2 (s1 and s2) are then equally frequent."""
+    (colour, shape), (decoy_colour, decoy_shape) = linked, decoy
+    other_colours = [c for c in COLOURS if c not in (colour, decoy_colour)]
+    other_shapes = [s for s in config.shapes if s not in (shape, decoy_shape)]
+    kinds = {linked, (decoy_colour, rng.choice(other_shapes)), (rng.choice(other_colours), decoy_shape)}
+    for _ in range((count - len(kinds)) // 2):
+        if rng.random() < config.alike:
+            while True:
+                if rng.random() < 0.5:
+                    twins = {(colour, rng.choice(other_shapes)), (decoy_colour, rng.choice(other_shapes))}
+                else:
+                    twins = {(rng.choice(other_colours), shape), (rng.choice(other_colours), decoy_shape)}
+                if len(twins) == 2 and not twins & kinds:
+                    kinds |= twins
+                    break
+    while len(kinds) < count:
+        kinds.add((rng.choice(other_colours), rng.choice(other_shapes)))
+    return kinds
+
+
+def shared_attributes(scenes: list[list["SceneObject"]]) -> tuple[set[str], set[str]]:
+    """The colours and the shapes that every image of a group holds."""
+    colours = set.intersection(*({obj.colour for obj in scene} for scene in scenes))
+    shapes = set.intersection(*({obj.shape for obj in scene} for scene in scenes))
+    return colours, shapes
+
+
 def cell_labels(objects: list[SceneObject]) -> tuple[list[int], list[int]]:
     """Per grid cell (row-major), the index of its object's colour and shape in COLOURS / SHAPES, or
     len(COLOURS) / len(SHAPES) for an empty cell: the targets of the vision encoder's pretraining."""
@@ -302,17 +355,24 @@ def make_sample(seed: int, index: int, config: MiniLinkConfig = MiniLinkConfig()
         return make_naming(rng, f"{seed}-{index}", config)
     linked = (rng.choice(list(COLOURS)), rng.choice(config.shapes))
     scenes = []
-    decoy = pick_decoy(rng, linked, config) if config.decoys else None
+    decoy = pick_decoy(rng, linked, config) if config.has_decoys else None
     while True:
         kinds_per_image = []
         for _ in range(num_images):
             count = rng.randint(config.min_objects, config.max_objects)
-            kinds = {linked} | (decoy_kinds(rng, linked, decoy, config) if decoy else set())
-            while len(kinds) < count:
-                kinds.add(pick_distractor(rng, linked, config, kinds))
+            if config.version == 2:
+                kinds = balanced_kinds(rng, linked, decoy, count, config)
+            else:
+                kinds = {linked} | (decoy_kinds(rng, linked, decoy, config) if decoy else set())
+                while len(kinds) < count:
+                    kinds.add(pick_distractor(rng, linked, config, kinds))
             kinds_per_image.append(sorted(kinds))
-        if set.intersection(*(set(k) for k in kinds_per_image)) == {linked}:
-            break  # no distractor is in every image
+        if set.intersection(*(set(k) for k in kinds_per_image)) != {linked}:
+            continue  # a distractor is in every image
+        if config.version == 2 and (set.intersection(*({c for c, _ in k} for k in kinds_per_image)) != {linked[0], decoy[0]}
+                                    or set.intersection(*({s for _, s in k} for k in kinds_per_image)) != {linked[1], decoy[1]}):
+            continue  # a third colour or shape is in every image
+        break
     for kinds in kinds_per_image:
         rng.shuffle(kinds)
         scenes.append(place_objects(rng, kinds, config.image_size))
@@ -323,8 +383,11 @@ def make_sample(seed: int, index: int, config: MiniLinkConfig = MiniLinkConfig()
     elif task == "story":
         name = rng.choice(NAMES)
         captions = [f"{name} {rng.choice(VERBS)} ." for _ in range(num_images - 1)]
-        last_place = next(obj.place for obj in scenes[-1] if (obj.colour, obj.shape) == linked)
-        instruction, output = storytelling_prompt(captions), f"{name} the {linked_name} is at the {last_place} ."
+        output = f"{name} the {linked_name} ."
+        if config.version == 1:  # the place in the last image: one token per image cannot carry it (see the card)
+            last_place = next(obj.place for obj in scenes[-1] if (obj.colour, obj.shape) == linked)
+            output = f"{name} the {linked_name} is at the {last_place} ."
+        instruction = storytelling_prompt(captions)
     else:
         if rng.random() < 0.5:
             instruction, output = COLOUR_QUESTION, f"{linked[0]} ."
@@ -435,9 +498,12 @@ def main(argv=None) -> None:
     parser.add_argument("--min-objects", type=int, default=MiniLinkConfig.min_objects)
     parser.add_argument("--max-objects", type=int, default=MiniLinkConfig.max_objects)
     parser.add_argument("--alike", type=float, default=MiniLinkConfig.alike)
-    parser.add_argument("--decoys", action="store_true", help="a decoy colour and a decoy shape in every image")
+    parser.add_argument("--version", type=int, default=MiniLinkConfig.version, choices=(1, 2),
+                        help="2: balanced decoys (attribute counts say nothing); 1: the earlier benchmark")
+    parser.add_argument("--decoys", action="store_true", help="version 1: a decoy colour and a decoy shape in every image")
     args = parser.parse_args(argv)
-    config = MiniLinkConfig(args.min_images, args.max_images, args.min_objects, args.max_objects, args.alike, args.decoys)
+    config = MiniLinkConfig(args.min_images, args.max_images, args.min_objects, args.max_objects, args.alike,
+                            args.decoys, version=args.version)
     for split in args.splits:
         print(write_split(Path(args.out) / split, SPLIT_SEEDS[split], args.size, config))
 

@@ -157,14 +157,16 @@ class DomainCalibration:
 
 
 def minilink_settings(min_images: int = 2, max_images: int = 8) -> dict[str, MiniLinkConfig]:
-    """Every MiniLINK setting the models train or are scored in: decoys off and on, 1–7 objects per image (decoys need
-    3), distractors alike 0, 0.5 and 1, N from `min_images` to `max_images`, and the single-image training tasks."""
+    """Every MiniLINK setting the models train or are scored in: version 2 (balanced decoys, 3–7 objects per image)
+    and version 1 with decoys off (1–7 objects) and on (3–7), distractors alike 0, 0.5 and 1, N from `min_images` to
+    `max_images`, and the single-image training tasks."""
     settings = {}
-    for decoys in (False, True):
-        for objects in range(3 if decoys else 1, 8):
+    for version, decoys, fewest in ((2, False, 3), (1, False, 1), (1, True, 3)):
+        for objects in range(fewest, 8):
             for alike in (0.0, 0.5, 1.0):
-                label = f"{'decoys' if decoys else 'no decoys'}, {objects} object{'s' if objects > 1 else ''}, alike {alike:g}"
-                settings[label] = MiniLinkConfig(min_images, max_images, objects, objects, alike, decoys)
+                kind = "version 2" if version == 2 else f"version 1, {'decoys' if decoys else 'no decoys'}"
+                label = f"{kind}, {objects} object{'s' if objects > 1 else ''}, alike {alike:g}"
+                settings[label] = MiniLinkConfig(min_images, max_images, objects, objects, alike, decoys, version=version)
     settings["name task (1 image, 1 object)"] = MiniLinkConfig(tasks=(NAME,))
     settings["lookup task (1 image, 3-5 objects)"] = MiniLinkConfig(tasks=(LOOKUP,))
     return settings

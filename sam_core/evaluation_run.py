@@ -25,7 +25,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from .data import SPLIT_SEEDS, TASKS, MiniLink, MiniLinkConfig
 from .evaluate import (
     MODES, RESULT_FILES, PredictedBatch, Prediction, answer_is_correct, linked_patch_masks, only_tasks, open_eval_dataset, predict_batches,
-    summarise, write_results,
+    results_table, split_name, summarise_split, write_results,
 )
 from .loading import LoadedSam
 from .metrics import score_captions
@@ -39,13 +39,14 @@ KEPT_IMAGE_SIDE = 448  # kept copies of the images (for browsing and re-running 
 @dataclass(frozen=True)
 class MiniLinkSource:
     """A MiniLINK split generated on the fly: `size` samples from `seed` (the test split by default), N drawn
-    from min_images..max_images, a fixed number of objects per image (None: the generator's range), decoys, tasks."""
+    from min_images..max_images, a fixed number of objects per image (None: the generator's range), tasks. Version 2
+    (balanced decoys) unless `decoys`: version 1 with its decoys, the earlier benchmark."""
 
     size: int = 100
     min_images: int = MiniLinkConfig.min_images
     max_images: int = MiniLinkConfig.max_images
     objects: int | None = None
-    decoys: bool = True
+    decoys: bool = False
     seed: int = SPLIT_SEEDS["test"]
     tasks: tuple[str, ...] = TASKS
 
@@ -55,27 +56,35 @@ class MiniLinkSource:
             raise ValueError(f"The dataset size must be between 1 and {max_samples} samples.")
         if not 2 <= self.min_images <= self.max_images <= max_images:
             raise ValueError(f"The number of images per sample must be a range within 2 to {max_images}.")
-        if self.objects is not None and not (3 if self.decoys else 1) <= self.objects <= 9:
-            raise ValueError(f"Objects per image must be {'3 (with decoys)' if self.decoys else '1'} to 9.")
+        if self.objects is not None and not 3 <= self.objects <= 9:
+            raise ValueError("Objects per image must be 3 to 9 (the linked object and the decoys).")
         if not self.tasks or not set(self.tasks) <= set(TASKS):
             raise ValueError(f"Choose at least one task of {', '.join(TASKS)}.")
         if not 0 <= self.seed < 2**31:
             raise ValueError("The seed must be a whole number from 0 to 2147483647.")
 
+    @property
+    def version(self) -> int:
+        return 1 if self.decoys else MiniLinkConfig.version
+
     def open(self) -> MiniLink:
-        dataset = open_eval_dataset("minilink", self.size, None, self.objects, self.decoys, self.seed,
-                                    (self.min_images, self.max_images))
+        dataset = open_eval_dataset("minilink", self.size, None, self.objects, self.decoys, version=self.version,
+                                    seed=self.seed, images=(self.min_images, self.max_images))
         return only_tasks(dataset, None if set(self.tasks) == set(TASKS) else self.tasks)
+
+    def label(self, model_name: str) -> str:
+        """The model's rows' label, as the command line writes it for these arguments (the seed, unless the test split)."""
+        return model_name if self.seed == SPLIT_SEEDS["test"] else f"{model_name} {split_name(self.seed)}"
 
     def arguments(self) -> list[str]:
         """The same samples as `python -m sam_core.evaluate` arguments."""
         arguments = ["--data", "minilink", "--size", str(self.size), "--images", str(self.min_images), str(self.max_images)]
         if self.seed != SPLIT_SEEDS["test"]:
-            arguments += ["--seed", str(self.seed)]
+            arguments += ["--seeds", str(self.seed)]
         if self.objects is not None:
             arguments += ["--objects", str(self.objects)]
         if self.decoys:
-            arguments.append("--decoys")
+            arguments += ["--version", "1", "--decoys"]
         if set(self.tasks) != set(TASKS):
             arguments += ["--tasks", *[task for task in TASKS if task in self.tasks]]
         return arguments
@@ -160,13 +169,14 @@ class SampleResult:
 @dataclass
 class EvaluationOutcome:
     """What a run produced: every completed sample (a batch cut short by cancelling is dropped whole), the metric
-    rows of `summarise` over them, how it ended and how long it took."""
+    rows of `summarise_split` over them, how it ended and how long it took."""
 
     samples: list[SampleResult]
     rows: list[dict]
     status: str  # "complete", "cancelled" or "time budget"
     total: int
     seconds: float  # answering (as the command line's "seconds"), not scoring
+    minilink_version: int | None = None  # the shortcut rules' rows are for this MiniLINK version (None: not MiniLINK)
 
     @property
     def predictions(self) -> list[Prediction]:
@@ -247,8 +257,9 @@ def run_evaluation(dataset, options: EvaluationOptions = EvaluationOptions(), *,
         time.sleep(HANDOVER_SECONDS)
     status, seconds = "complete" if finished else interrupt.reason(), time.monotonic() - start
     score_samples(samples)
-    rows = summarise([s.prediction for s in samples], MODES, meteor=options.meteor) if samples else []
-    return EvaluationOutcome(samples, rows, status, len(dataset), seconds)
+    rows = summarise_split([s.prediction for s in samples], dataset, MODES, meteor=options.meteor) if samples else []
+    version = dataset.config.version if isinstance(dataset, MiniLink) else None
+    return EvaluationOutcome(samples, rows, status, len(dataset), seconds, version)
 
 
 def describe_batch(batch: PredictedBatch, dataset, geometry, measure: Measure | None, image_dir) -> list[SampleResult]:
@@ -318,6 +329,8 @@ def write_outcome(outcome: EvaluationOutcome, out: str | Path, model_name: str, 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     predictions = {model_name: [asdict(p) for p in outcome.predictions]}
-    write_results(out, outcome.result_rows(model_name), predictions, command_line, options.preset, options.max_new_tokens)
+    rows = outcome.result_rows(model_name)
+    write_results(out, rows, predictions, command_line, options.preset, options.max_new_tokens,
+                  table=results_table(rows, outcome.minilink_version))
     return [out / name for name in RESULT_FILES]
 

@@ -165,3 +165,15 @@ def paired_bootstrap_ratio(
         raise ValueError("the mean of b is zero in some resamples; the ratio CI is undefined")
     low, high = _percentiles(ratios, confidence)
     return float(x.mean() / y.mean()), low, high
+
+
+def paired_bootstrap_difference(
+    a: list[float] | np.ndarray, b: list[float] | np.ndarray, confidence: float = 0.95, resamples: int = 2000, seed: int = 0
+) -> tuple[float, float, float]:
+    """mean(a) - mean(b) with a paired percentile CI, for "SAM accuracy minus the control's" in points."""
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if len(x) != len(y):
+        raise ValueError(f"paired samples must have equal length, got {len(x)} and {len(y)}")
+    differences = x - y
+    low, high = _percentiles(_bootstrap(lambda idx: differences[idx].mean(), len(x), resamples, seed), confidence)
+    return float(differences.mean()), low, high

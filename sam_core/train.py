@@ -53,6 +53,7 @@ class MiniLinkModelSize:
     vision_layers: int = 4
     qformer_width: int = 64
     qformer_layers: int = 2
+    cross_attention_frequency: int = 1  # Q-Former layers with cross-attention: every this many (InstructBLIP: 2)
     llm_width: int = 128
     llm_layers: int = 2
 
@@ -69,6 +70,7 @@ def build_minilink_model(size: MiniLinkModelSize, seed: int, **config) -> tuple[
         qformer_config={
             "hidden_size": size.qformer_width, "intermediate_size": 2 * size.qformer_width,
             "num_hidden_layers": size.qformer_layers, "num_attention_heads": 4,
+            "cross_attention_frequency": size.cross_attention_frequency,
             "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0,
         },
         text_config={
@@ -104,13 +106,16 @@ class TrainConfig:
     min_objects: int = MiniLinkConfig.min_objects  # objects per image: more of them make one token per image bind
     max_objects: int = MiniLinkConfig.max_objects
     alike: float = MiniLinkConfig.alike
-    decoys: bool = MiniLinkConfig.decoys  # a decoy colour and a decoy shape in every image of a group
+    decoys: bool = MiniLinkConfig.decoys  # version 1: a decoy colour and a decoy shape in every image of a group
+    version: int = MiniLinkConfig.version  # MiniLINK version: 2 balanced decoys, 1 the earlier benchmark
     workers: int = 0  # DataLoader processes rendering and preprocessing batches (0: in the training process)
     max_minutes: float | None = None  # a time budget: stop early (and save) when it is spent
     freeze_vision: bool = False  # keep a pretrained vision encoder frozen, as InstructBLIP does
     save_every: int = 500
     log_every: int = 50
-    size: MiniLinkModelSize | None = None  # architecture of a fresh model; None: the embedded default's
+    qformer_layers: int = MiniLinkModelSize.qformer_layers  # a fresh model's Q-Former depth
+    cross_attention_frequency: int = MiniLinkModelSize.cross_attention_frequency
+    size: MiniLinkModelSize | None = None  # architecture of a fresh model; None: the embedded default's with the fields above
 
 
 def trainable_names(model: nn.Module, stage: str, freeze_vision: bool = False) -> list[str]:
@@ -227,7 +232,8 @@ def open_dataset(config: TrainConfig):
         tasks = (LOOKUP,) if config.stage == "vision" else tuple(config.tasks)  # stage vision: single images
         minilink = MiniLinkConfig(min_images=config.min_images, max_images=config.max_images, tasks=tasks,
                                   shapes=tuple(config.shapes), min_objects=config.min_objects,
-                                  max_objects=config.max_objects, alike=config.alike, decoys=config.decoys)
+                                  max_objects=config.max_objects, alike=config.alike, decoys=config.decoys,
+                                  version=config.version)
         return MiniLink(SPLIT_SEEDS["train"], config.train_size, minilink)
     return AnnotationDataset(config.data)
 
@@ -237,7 +243,8 @@ def open_model(config: TrainConfig) -> tuple[SamForConditionalGeneration, SamPro
     if config.model is None:
         if config.stage not in ("vision", "baseline"):
             raise ValueError(f"stage {config.stage!r} starts from a trained model: pass --model")
-        size = config.size or MiniLinkModelSize(num_query_tokens=config.num_query_tokens)
+        size = config.size or MiniLinkModelSize(num_query_tokens=config.num_query_tokens, qformer_layers=config.qformer_layers,
+                                                cross_attention_frequency=config.cross_attention_frequency)
         return build_minilink_model(size, config.seed, **overrides)
     dtype = torch.float32 if config.quantization == "none" else None  # a full-precision model trains in fp32 on a GPU too
     loaded = load_sam(config.model, quantization=config.quantization, device="cpu" if not torch.cuda.is_available() else "auto",
@@ -292,6 +299,7 @@ def train(config: TrainConfig) -> dict:
     guidance_draws = random.Random(f"guidance-{config.seed}-{step}")
     trainee.train()
     start, running = time.perf_counter() - log.get("seconds", 0.0), []
+    cpu_start = time.process_time() - log.get("cpu_seconds", 0.0)  # far below the wall time when the cores are shared
     progress = tqdm(total=config.steps, initial=step, disable=not accelerator.is_local_main_process, desc=config.stage)
     while step < config.steps and not out_of_time(start, config.max_minutes):
         batches = batch_indices(dataset, config.batch_size, config.seed, epoch)
@@ -313,7 +321,7 @@ def train(config: TrainConfig) -> dict:
                 progress.set_postfix(loss=f"{log['loss'][-1]['loss']:.3f}")
                 running = []
             if step % config.save_every == 0 or step == config.steps:
-                log["seconds"] = time.perf_counter() - start
+                log["seconds"], log["cpu_seconds"] = time.perf_counter() - start, time.process_time() - cpu_start
                 if accelerator.is_main_process:
                     trained = {k: v for k, v in accelerator.unwrap_model(trainee).state_dict().items() if k in set(names)}
                     torch.save(
@@ -329,7 +337,7 @@ def train(config: TrainConfig) -> dict:
     if step < config.steps:
         log["stopped_early"] = {"step": step, "max_minutes": config.max_minutes}
         accelerator.print(f"time budget of {config.max_minutes} min spent: stopped at step {step} of {config.steps}")
-    log["seconds"] = time.perf_counter() - start
+    log["seconds"], log["cpu_seconds"] = time.perf_counter() - start, time.process_time() - cpu_start
     if config.stage == "vision":
         log["cell_accuracy"] = cell_accuracy(accelerator.unwrap_model(trainee).eval(), processor, dataset.config)
         accelerator.print(f"held-out cell accuracy: {log['cell_accuracy']}")
@@ -358,14 +366,17 @@ def main(argv=None) -> None:
     parser.add_argument("--out", required=True)
     for name in ("model", "data", "context", "quantization"):
         parser.add_argument(f"--{name.replace('_', '-')}", default=getattr(defaults, name))
-    for name in ("train_size", "steps", "batch_size", "warmup", "seed", "num_query_tokens", "exchange_layer",
-                 "min_images", "max_images", "min_objects", "max_objects", "workers", "save_every", "log_every"):
+    for name in ("train_size", "steps", "batch_size", "warmup", "seed", "num_query_tokens", "exchange_layer", "qformer_layers",
+                 "cross_attention_frequency", "min_images", "max_images", "min_objects", "max_objects", "workers", "save_every",
+                 "log_every"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TRAINING_TASKS)
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=SHAPES)
     parser.add_argument("--max-minutes", type=float, default=None, help="stop early (and save) after this long")
     parser.add_argument("--freeze-vision", action="store_true", help="keep the vision encoder frozen")
-    parser.add_argument("--decoys", action="store_true", help="MiniLINK: a decoy colour and a decoy shape in every image")
+    parser.add_argument("--decoys", action="store_true", help="MiniLINK version 1: a decoy colour and a decoy shape in every image")
+    parser.add_argument("--version", type=int, default=MiniLinkConfig.version, choices=(1, 2),
+                        help="MiniLINK version: 2 balanced decoys (default), 1 the earlier benchmark")
     for name in ("lr", "weight_decay", "alike"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name))
     log = train(TrainConfig(**vars(parser.parse_args(argv))))

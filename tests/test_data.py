@@ -3,9 +3,11 @@ import json
 import numpy as np
 import pytest
 
+from collections import Counter
+
 from sam_core.data import (
     COLOURS, GRID, LOOKUP, NAME, PLACES, SHAPES, TRAINING_TASKS, AnnotationDataset, MiniLink, MiniLinkConfig, cell_labels,
-    make_sample, minilink_vocabulary, names_linked_object, write_split,
+    make_sample, minilink_vocabulary, names_linked_object, shared_attributes, write_split,
 )
 from sam_core.tiny import tiny_processor
 
@@ -20,9 +22,10 @@ def test_generation_is_deterministic_and_seeds_are_disjoint():
     )
 
 
+@pytest.mark.parametrize("version", [1, 2])
 @pytest.mark.parametrize("index", range(40))
-def test_samples_are_well_formed(index):
-    config = MiniLinkConfig(min_images=2, max_images=6, alike=0.8)
+def test_samples_are_well_formed(index, version):
+    config = MiniLinkConfig(min_images=2, max_images=6, alike=0.8, version=version)
     sample = make_sample(3, index, config)
     kinds = [{obj.name for obj in scene} for scene in sample.scenes]
     assert 2 <= len(sample.images) <= 6
@@ -40,14 +43,19 @@ def test_samples_are_well_formed(index):
         assert sample.instruction.startswith("Sum up the common factor in these")
     if sample.task == "story":
         last = next(obj for obj in sample.scenes[-1] if obj.name == sample.linked)
-        assert sample.output.endswith(f"is at the {last.place} .")
+        name = sample.instruction.split("Caption#1:")[1].split()[0]
+        if version == 1:
+            assert sample.output.endswith(f"is at the {last.place} .")
+        else:  # version 2 names the character and the linked object only (one token per image cannot carry the place)
+            assert sample.output == f"{name} the {sample.linked} ."
         assert sample.instruction.count("{image#") == len(sample.images)
         assert sample.instruction.endswith(f"Caption#{len(sample.images)}:")
 
 
+@pytest.mark.parametrize("config", [MiniLinkConfig(min_images=2, max_images=6, decoys=True, version=1),
+                                    MiniLinkConfig(min_images=2, max_images=6)], ids=["v1-decoys", "v2"])
 @pytest.mark.parametrize("index", range(20))
-def test_decoys_share_a_colour_and_a_shape_across_images_but_never_bound_together(index):
-    config = MiniLinkConfig(min_images=2, max_images=6, decoys=True)
+def test_decoys_share_a_colour_and_a_shape_across_images_but_never_bound_together(index, config):
     sample = make_sample(5, index, config)
     colour, shape = sample.linked.split()
     kinds = [{(obj.colour, obj.shape) for obj in scene} for scene in sample.scenes]
@@ -61,16 +69,58 @@ def test_decoys_share_a_colour_and_a_shape_across_images_but_never_bound_togethe
     assert all(config.min_objects <= len(scene) <= config.max_objects for scene in sample.scenes)
 
 
-def test_decoys_with_too_few_objects_per_image_are_a_clear_error():
+@pytest.mark.parametrize("seed", [2, 101])
+def test_version_2_balances_every_attribute_count_in_every_image(seed):
+    """The v2 property: in every image the linked colour is exactly as frequent as the decoy colour, and the linked
+    shape as the decoy shape; the colours (shapes) all images share are exactly those two; the linked object is
+    the only colour-shape pair of the four that ever appears, and it is in every image."""
+    config = MiniLinkConfig(min_images=2, max_images=6, max_objects=7)
+    for index in range(150):
+        sample = make_sample(seed, index, config)
+        colour, shape = sample.linked.split()
+        colours, shapes = shared_attributes(sample.scenes)
+        assert colour in colours and shape in shapes and len(colours) == len(shapes) == 2
+        (decoy_colour,), (decoy_shape,) = colours - {colour}, shapes - {shape}
+        for scene in sample.scenes:
+            colour_counts, shape_counts = Counter(obj.colour for obj in scene), Counter(obj.shape for obj in scene)
+            assert colour_counts[colour] == colour_counts[decoy_colour] >= 1
+            assert shape_counts[shape] == shape_counts[decoy_shape] >= 1
+            pairs = {(obj.colour, obj.shape) for obj in scene}
+            assert (colour, shape) in pairs
+            assert not pairs & {(decoy_colour, decoy_shape), (colour, decoy_shape), (decoy_colour, shape)}
+
+
+def test_version_2_twins_alike_distractors():
+    """With alike distractors, v2 adds them as twins (the linked and the decoy colour, or shape), so images hold
+    more than one object of the linked colour while the counts stay equal."""
+    config = MiniLinkConfig(min_objects=5, max_objects=5, alike=1.0, tasks=("group",))
+    repeated = 0
+    for index in range(30):
+        sample = make_sample(2, index, config)
+        colour, shape = sample.linked.split()
+        repeated += sum(Counter(obj.colour for obj in scene)[colour] + Counter(obj.shape for obj in scene)[shape] == 3
+                        for scene in sample.scenes)
+    assert repeated > 30  # most 5-object images hold one twin pair (3 objects of the linked colour or shape, with L)
+
+
+def test_version_knobs_are_checked():
     with pytest.raises(ValueError, match="at least 3 objects"):
-        MiniLinkConfig(min_objects=1, max_objects=1, decoys=True)
+        MiniLinkConfig(min_objects=1, max_objects=1, decoys=True, version=1)
+    with pytest.raises(ValueError, match="at least 3 objects"):
+        MiniLinkConfig(min_objects=1, max_objects=1)  # version 2 always has decoys
+    with pytest.raises(ValueError, match="version-1 knob"):
+        MiniLinkConfig(decoys=True)
+    with pytest.raises(ValueError, match="1 or 2"):
+        MiniLinkConfig(version=3)
 
 
-def test_decoys_keep_each_samples_task_images_and_linked_object():
-    """The same split with decoys is the same questions made harder, so scores with and without compare."""
+def test_versions_and_decoys_keep_each_samples_task_images_and_linked_object():
+    """The same split in every setting is the same questions made harder, so scores across settings compare."""
     for index in range(10):
-        plain, hard = make_sample(4, index), make_sample(4, index, MiniLinkConfig(decoys=True))
-        assert (plain.task, len(plain.images), plain.linked) == (hard.task, len(hard.images), hard.linked)
+        plain = make_sample(4, index, MiniLinkConfig(version=1))
+        for harder in (MiniLinkConfig(decoys=True, version=1), MiniLinkConfig()):
+            hard = make_sample(4, index, harder)
+            assert (plain.task, len(plain.images), plain.linked) == (hard.task, len(hard.images), hard.linked)
 
 
 @pytest.mark.parametrize("index", range(30))
@@ -98,7 +148,7 @@ def test_naming_samples_show_one_object_and_name_it():
 
 
 def test_the_shape_set_is_a_knob_and_cells_are_labelled():
-    config = MiniLinkConfig(shapes=("circle", "square", "cross"))
+    config = MiniLinkConfig(shapes=("circle", "square", "cross", "star"))
     for index in range(20):
         sample = make_sample(0, index, config)
         assert {obj.shape for scene in sample.scenes for obj in scene} <= set(config.shapes)
@@ -126,7 +176,7 @@ def test_written_split_uses_the_authors_schema(tmp_path):
     dataset = AnnotationDataset(path)
     paths, instruction, output, record = dataset[0]
     assert all(p.exists() for p in paths) and dataset.num_images(0) == len(paths)
-    assert instruction == MiniLink(2, 5)[0].instruction and output == record["output"]
+    assert instruction == MiniLink(2, 5)[0].instruction and output == record["output"] == MiniLink(2, 5)[0].output
 
 
 def test_bad_annotation_files_are_clear_errors(tmp_path):

@@ -58,7 +58,7 @@ def test_the_api_gives_the_command_lines_numbers_and_files(client, tmp_path):
 
 
 def test_an_uploaded_dataset_gives_the_command_lines_numbers(client, tmp_path):
-    annotations = write_split(tmp_path / "data", seed=5, size=6, config=MiniLinkConfig(min_images=2, max_images=4, decoys=True))
+    annotations = write_split(tmp_path / "data", seed=5, size=6, config=MiniLinkConfig(min_images=2, max_images=4))
     images = tmp_path / "images.zip"
     with zipfile.ZipFile(images, "w") as archive:
         for image in sorted((annotations.parent / "images").iterdir()):

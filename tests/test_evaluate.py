@@ -32,7 +32,9 @@ def test_summary_rows_report_every_metric_with_intervals(loaded):
     assert [(r["task"], r["mode"]) for r in rows] == [("group", "sam"), ("group", "baseline")]
     for row in rows:
         assert row["n"] == 8 and {"bleu4", "rouge_l", "cider", "accuracy", "cider_ci", "accuracy_ci"} <= set(row)
-    assert rows[0]["cider_ratio"] is None or len(rows[0]["cider_ratio"]) == 3
+    assert "sam_cider_ratio" not in rows[0]  # SAM's row is what the others are compared with
+    assert rows[1]["sam_cider_ratio"] is None or len(rows[1]["sam_cider_ratio"]) == 3
+    assert len(rows[1]["sam_accuracy_gain"]) == 3
     assert "| group | sam | 8 |" in markdown_table(rows, "tiny")
 
 
@@ -70,7 +72,7 @@ def test_shipped_checkpoint_reproduces_its_model_card_accuracy():
     from sam_core.loading import EMBEDDED_DEFAULT, load_sam
 
     card = json.loads((EMBEDDED_DEFAULT / "card_subset.json").read_text())
-    measured = subset_accuracy(load_sam(), card["size"], card["tasks"], card.get("decoys", False))
+    measured = subset_accuracy(load_sam(), card["size"], card["tasks"], card.get("decoys", False), card.get("version", 1))
     one_sample = 100.0 / card["size"]
     for mode in ("sam", "baseline"):
         assert abs(measured[mode] - card["accuracy"][mode]) <= one_sample + 1e-9, (mode, measured, card)
@@ -98,17 +100,39 @@ def test_linked_attention_share_is_measured_in_the_evaluations_setting(loaded):
     """With decoys (or a fixed number of objects) the share is over those images, not the default ones."""
     from sam_core.evaluate import eval_config, linked_attention_share
 
-    plain = linked_attention_share(loaded, size=4, batch_size=4)
-    assert linked_attention_share(loaded, size=4, batch_size=4, config=eval_config(decoys=True)) != plain
-    assert linked_attention_share(loaded, size=4, batch_size=4, config=eval_config(objects=1)) != plain
+    plain = linked_attention_share(loaded, size=4, batch_size=4, config=eval_config(version=1))
+    assert linked_attention_share(loaded, size=4, batch_size=4, config=eval_config(decoys=True, version=1)) != plain
+    assert linked_attention_share(loaded, size=4, batch_size=4, config=eval_config(objects=1, version=1)) != plain
+    assert linked_attention_share(loaded, size=4, batch_size=4, config=eval_config()) != plain
 
 
 def test_evaluation_knobs_fix_images_and_objects_per_sample():
     from sam_core.evaluate import only_tasks, open_eval_dataset
 
-    dataset = only_tasks(open_eval_dataset("minilink", 6, num_images=2, objects=1), ["group"])
+    dataset = only_tasks(open_eval_dataset("minilink", 6, num_images=2, objects=1, version=1), ["group"])
     samples = [dataset[i] for i in range(6)]
     assert all(s.task == "group" and len(s.images) == 2 for s in samples)
     assert all(len(scene) == 1 and scene[0].name == s.linked for s in samples for scene in s.scenes)
-    with_decoys = only_tasks(open_eval_dataset("minilink", 6, num_images=2, decoys=True), ["group"])
+    with_decoys = only_tasks(open_eval_dataset("minilink", 6, num_images=2, decoys=True, version=1), ["group"])
     assert with_decoys.config.decoys and [with_decoys[i].linked for i in range(6)] == [s.linked for s in samples]
+    version_2 = only_tasks(open_eval_dataset("minilink", 6, num_images=2), ["group"])
+    assert version_2.config.version == 2 and [version_2[i].linked for i in range(6)] == [s.linked for s in samples]
+    dev = open_eval_dataset("minilink", 6, num_images=None, seed=1)
+    assert dev.seed == 1 and dev[0].id == "1-0"
+
+
+def test_the_control_and_fresh_seeds_get_their_own_rows_and_a_headline(tmp_path, tiny_checkpoint, capsys):
+    """--control adds the step-matched baseline's guidance-off answers as 'control' rows, compared with SAM;
+    --seeds evaluates several splits; the rules' rows sit beside the models'."""
+    main(["--model", f"tiny={tiny_checkpoint}", "--control", str(tiny_checkpoint), "--size", "6", "--seeds", "2", "101",
+          "--tasks", "group", "--max-new-tokens", "3", "--no-meteor", "--out", str(tmp_path)])
+    printed = capsys.readouterr().out
+    rows = json.loads((tmp_path / "results.json").read_text())
+    assert {r["model"] for r in rows} == {"tiny seed 2 (test)", "tiny seed 101"}
+    control = [r for r in rows if r["mode"] == "control"]
+    baseline = {r["model"]: r for r in rows if r["mode"] == "baseline"}
+    assert len(control) == 2 and all(r["accuracy"] == baseline[r["model"]]["accuracy"] for r in control)  # same weights
+    assert all("sam_accuracy_gain" in r for r in control)
+    assert any(r["mode"].startswith("rule: no binding: most frequent") for r in rows)
+    assert printed.startswith("| split | task | n | accuracy % SAM / control / guidance off / best no-binding rule (chance)")
+    assert "| tiny seed 101 | group | " in printed

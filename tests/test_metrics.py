@@ -11,6 +11,7 @@ from sam_core.metrics import (
     CaptionScores,
     bootstrap_interval,
     normalize_answer,
+    paired_bootstrap_difference,
     paired_bootstrap_ratio,
     score_captions,
 )
@@ -286,3 +287,14 @@ def test_paired_ratio_rejects_bad_input():
         paired_bootstrap_ratio([1.0, 2.0], [1.0])
     with pytest.raises(ValueError, match="zero"):
         paired_bootstrap_ratio([1.0, 2.0], [0.0, 0.0])
+
+
+def test_paired_difference_is_the_mean_gap_with_a_tight_paired_interval():
+    rng = np.random.default_rng(1)
+    control = rng.integers(0, 2, size=400) * 100.0  # per-sample accuracy, 0 or 100
+    sam = np.maximum(control, rng.integers(0, 2, size=400) * 100.0)  # right wherever the control is, and more
+    gap, low, high = paired_bootstrap_difference(sam, control, seed=3)
+    assert gap == pytest.approx(sam.mean() - control.mean()) and low < gap < high and low > 0
+    assert paired_bootstrap_difference(control, control) == (0.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match="equal length"):
+        paired_bootstrap_difference([1.0], [1.0, 2.0])

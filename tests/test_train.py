@@ -89,22 +89,40 @@ def test_difficulty_knobs_reach_the_training_data():
     from sam_core.train import open_dataset
 
     dataset = open_dataset(TrainConfig(stage="baseline", out="", min_objects=7, max_objects=7, alike=0.0, tasks=("group",),
-                                       decoys=True))
+                                       decoys=True, version=1))
     sample = dataset[0]
     assert sample.task == "group" and all(len(scene) == 7 for scene in sample.scenes)
-    assert dataset.config.alike == 0.0 and dataset.config.decoys
+    assert dataset.config.alike == 0.0 and dataset.config.decoys and dataset.config.version == 1
+    assert open_dataset(TrainConfig(stage="baseline", out="")).config.version == 2  # version 2 by default
 
 
-def test_the_recipe_writes_a_loadable_checkpoint_with_its_card_and_data_setting(tmp_path):
-    """The one command behind the embedded default, at a few steps: both stages, evaluation, card, card subset."""
+def test_the_recipe_trains_every_stage_and_the_step_matched_control_and_writes_the_card(tmp_path):
+    """The one command behind the embedded default, at a few steps: stage 1, stage 2, the control (stage 1 continued
+    with guidance off for as many steps as stage 2), evaluation on the test split and a fresh seed, card, card subset."""
     from sam_core.recipe import main as recipe
 
-    out = tmp_path / "minilink"
-    recipe(["--out", str(out), "--work", str(tmp_path / "work"), "--baseline-steps", "2", "--sam-steps", "2",
-            "--batch-size", "2", "--test-size", "6", "--decoys"])
+    out, work = tmp_path / "minilink", tmp_path / "work"
+    recipe(["--out", str(out), "--work", str(work), "--baseline-steps", "2", "--sam-steps", "3", "--batch-size", "2",
+            "--test-size", "6", "--extra-seeds", "101", "--second-stage", "joint", "--train-size", "64", "--no-meteor"])
+    control = json.loads((work / "control" / "training_log.json").read_text())
+    assert control["config"]["stage"] == "baseline" and control["config"]["model"] == str(work / "baseline")
+    assert control["loss"][-1]["step"] == 3 == json.loads((work / "sam" / "training_log.json").read_text())["loss"][-1]["step"]
+    stage1, continued = load_sam(str(work / "baseline")).model.state_dict(), load_sam(str(work / "control"))
+    assert continued.info.guidance_identity  # the control never trains guidance
+    assert any(not torch.equal(v, stage1[k]) for k, v in continued.model.state_dict().items() if k.startswith("qformer."))
     card = (out / "README.md").read_text()
-    assert "with decoys" in card and "--decoys" in card and "| group | sam |" in card
+    assert "MiniLINK version 2" in card and "--second-stage joint" in card and "(seed 1)" in card
+    assert "| MiniLINK seed 2 (test) | group |" in card and "| MiniLINK seed 101 | group |" in card
+    assert "| MiniLINK seed 2 (test) | group | control |" in card and "rule: no binding: most frequent (counting)" in card
+    assert "accuracy proxy" in card
     subset = json.loads((out / "card_subset.json").read_text())
-    assert subset["decoys"] is True and set(subset["accuracy"]) == {"sam", "baseline"}
+    assert subset["version"] == 2 and subset["decoys"] is False and set(subset["accuracy"]) == {"sam", "baseline"}
     assert (out / "sam_adapter.safetensors").exists() and not (out / "train_state.pt").exists()
     assert load_sam(str(out)).model.config.context == "all"
+
+
+def test_the_recipe_refuses_extra_seeds_that_are_train_dev_or_test(tmp_path):
+    from sam_core.recipe import main as recipe
+
+    with pytest.raises(SystemExit):
+        recipe(["--out", str(tmp_path / "m"), "--extra-seeds", "1", "101"])
