@@ -266,7 +266,7 @@ def markdown_table(rows: list[dict], label: str = "") -> str:
         accuracy = f"{r['accuracy']:.1f} ({r['accuracy_ci'][0]:.1f}–{r['accuracy_ci'][1]:.1f})" if "accuracy" in r else "–"
         ratio = "–"
         if "sam_cider_ratio" in r:
-            ratio = interval(r["sam_cider_ratio"]) if r["sam_cider_ratio"] else "undefined (CIDEr 0)"
+            ratio = interval(r["sam_cider_ratio"]) if r["sam_cider_ratio"] else "undefined (CIDEr 0 in some bootstrap resamples)"
         gain = interval(r["sam_accuracy_gain"], "points") if "sam_accuracy_gain" in r else "–"
         lines.append(
             f"| {r.get('model', label)} | {r['task']} | {r['mode']} | {r['n']} | {number(r['bleu4'])} | {r['rouge_l']:.1f} "

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from .data import COLOURS, SHAPES, SPLIT_SEEDS, TASKS, TRAINING_TASKS, MiniLinkConfig
+from .domain import CALIBRATION_FILE, calibrate
 from .evaluate import CARD_SUBSET, headline_table, markdown_table, subset_accuracy
 from .evaluate import main as evaluate_main
 from .loading import load_sam
@@ -129,6 +130,8 @@ def main(argv=None) -> None:
     parser.add_argument("--train-size", type=int, default=TrainConfig.train_size, help="MiniLINK train samples (seed 0)")
     parser.add_argument("--no-meteor", action="store_true", help="evaluate without METEOR (no Java)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--calibration-samples", type=int, default=48,
+                        help="out-of-domain calibration: dev samples per setting and size to fit on, and as many to set the threshold on")
     args = parser.parse_args(argv)
     if {SPLIT_SEEDS["train"], SPLIT_SEEDS["dev"], SPLIT_SEEDS["test"]} & set(args.extra_seeds):
         parser.error("--extra-seeds must differ from the train, dev and test seeds (0, 1, 2)")
@@ -161,7 +164,10 @@ def main(argv=None) -> None:
     if out.exists():
         shutil.rmtree(out)
     shutil.copytree(work / "sam", out, ignore=shutil.ignore_patterns("train_state.pt"))
-    evaluation = ["--model", f"MiniLINK={out}", "--control", str(work / "control"), "--size", str(args.test_size),
+    # Full precision, whatever the machine: the card's numbers must not depend on whether bitsandbytes runs here
+    # (the app's NF4 is compared with them by `python -m benchmarks.quantization`).
+    evaluation = ["--model", f"MiniLINK={out}", "--control", str(work / "control"), "--quantization", "none",
+                  "--size", str(args.test_size),
                   "--seeds", str(SPLIT_SEEDS["test"]), *map(str, args.extra_seeds), "--version", str(args.version),
                   "--out", str(work / "eval")] + ["--decoys"] * args.decoys + ["--no-meteor"] * args.no_meteor
     evaluate_main(evaluation)
@@ -205,9 +211,12 @@ def main(argv=None) -> None:
     )
     (out / "README.md").write_text(card)
     subset = {**CARD_SUBSET, "version": args.version, "decoys": args.decoys,
-              "accuracy": subset_accuracy(load_sam(str(out)), decoys=args.decoys, version=args.version)}
+              "quantization": "none",
+              "accuracy": subset_accuracy(load_sam(str(out), quantization="none"), decoys=args.decoys, version=args.version)}
     (out / "card_subset.json").write_text(json.dumps(subset, indent=1))
     shutil.copy(work / "eval" / "results.json", out / "test_results.json")
+    # The out-of-domain check's references: MiniLINK's dev split drawn, no weights involved (sam_core/domain.py).
+    calibrate(args.calibration_samples, args.calibration_samples).save(out / CALIBRATION_FILE)
     print(card)
 
 

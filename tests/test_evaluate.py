@@ -72,7 +72,8 @@ def test_shipped_checkpoint_reproduces_its_model_card_accuracy():
     from sam_core.loading import EMBEDDED_DEFAULT, load_sam
 
     card = json.loads((EMBEDDED_DEFAULT / "card_subset.json").read_text())
-    measured = subset_accuracy(load_sam(), card["size"], card["tasks"], card.get("decoys", False), card.get("version", 1))
+    loaded = load_sam(quantization=card.get("quantization", "auto"))
+    measured = subset_accuracy(loaded, card["size"], card["tasks"], card.get("decoys", False), card.get("version", 1))
     one_sample = 100.0 / card["size"]
     for mode in ("sam", "baseline"):
         assert abs(measured[mode] - card["accuracy"][mode]) <= one_sample + 1e-9, (mode, measured, card)

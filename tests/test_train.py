@@ -2,8 +2,10 @@ import json
 
 import pytest
 import torch
+from PIL import Image
 
 from sam_core.data import COLOURS, SHAPES, write_split
+from sam_core.generation import SamPipeline
 from sam_core.loading import load_sam
 from sam_core.train import MiniLinkModelSize, TrainConfig, train
 
@@ -103,7 +105,8 @@ def test_the_recipe_trains_every_stage_and_the_step_matched_control_and_writes_t
 
     out, work = tmp_path / "minilink", tmp_path / "work"
     recipe(["--out", str(out), "--work", str(work), "--baseline-steps", "2", "--sam-steps", "3", "--batch-size", "2",
-            "--test-size", "6", "--extra-seeds", "101", "--second-stage", "joint", "--train-size", "64", "--no-meteor"])
+            "--test-size", "6", "--extra-seeds", "101", "--second-stage", "joint", "--train-size", "64", "--no-meteor",
+            "--calibration-samples", "1"])
     control = json.loads((work / "control" / "training_log.json").read_text())
     assert control["config"]["stage"] == "baseline" and control["config"]["model"] == str(work / "baseline")
     assert control["loss"][-1]["step"] == 3 == json.loads((work / "sam" / "training_log.json").read_text())["loss"][-1]["step"]
@@ -119,6 +122,7 @@ def test_the_recipe_trains_every_stage_and_the_step_matched_control_and_writes_t
     assert subset["version"] == 2 and subset["decoys"] is False and set(subset["accuracy"]) == {"sam", "baseline"}
     assert (out / "sam_adapter.safetensors").exists() and not (out / "train_state.pt").exists()
     assert load_sam(str(out)).model.config.context == "all"
+    assert SamPipeline(load_sam(str(out))).check_domain([Image.new("RGB", (64, 64))]).calibrated
 
 
 def test_the_recipe_refuses_extra_seeds_that_are_train_dev_or_test(tmp_path):
