@@ -139,12 +139,12 @@ def main(argv=None) -> None:
     size = MiniLinkModelSize(num_query_tokens=args.num_query_tokens, qformer_layers=args.qformer_layers,
                              cross_attention_frequency=args.cross_attention_frequency)
     control_lr = args.control_lr or args.baseline_lr
-    started = time.perf_counter()
 
     common = dict(batch_size=args.batch_size, seed=args.seed, log_every=100, save_every=500, train_size=args.train_size,
                   decoys=args.decoys, version=args.version, context=args.context, exchange_layer=args.exchange_layer)
     stage1 = dict(steps=args.baseline_steps, lr=args.baseline_lr, tasks=tuple(args.baseline_tasks), **common)
     logs = {}
+    resumed = [stage for stage in ("vision", "readout", "baseline", "sam", "control") if (work / stage / "train_state.pt").exists()]
     if args.vision_steps:
         logs["vision"] = train(TrainConfig(stage="vision", out=str(work / "vision"), steps=args.vision_steps, lr=args.baseline_lr,
                                            size=size, **{**common, "batch_size": args.vision_batch_size}))
@@ -170,10 +170,11 @@ def main(argv=None) -> None:
                   "--size", str(args.test_size),
                   "--seeds", str(SPLIT_SEEDS["test"]), *map(str, args.extra_seeds), "--version", str(args.version),
                   "--out", str(work / "eval")] + ["--decoys"] * args.decoys + ["--no-meteor"] * args.no_meteor
+    evaluation_started, evaluation_cpu = time.perf_counter(), time.process_time()
     evaluate_main(evaluation)
+    eval_seconds, eval_cpu = time.perf_counter() - evaluation_started, time.process_time() - evaluation_cpu
     rows = json.loads((work / "eval" / "results.json").read_text())
     test_rows = [r for r in rows if "test" in r["model"] or not args.extra_seeds]
-    eval_minutes = (time.perf_counter() - started) / 60 - sum(log["seconds"] for log in logs.values()) / 60
 
     stage_lines = ""
     if args.vision_steps:
@@ -191,7 +192,10 @@ def main(argv=None) -> None:
                               logs["sam"], args.sam_steps, args.batch_size, args.sam_lr)
     stage_lines += stage_line("Control (stage 1 continued with guidance off, the same batches)", logs["control"], args.sam_steps,
                               args.batch_size, control_lr)
-    stage_lines += f"- Evaluation of the test split and {len(args.extra_seeds)} fresh seeds ({args.test_size} samples each): {eval_minutes:.1f} min.\n"
+    stage_lines += f"- Evaluation of the test split and {len(args.extra_seeds)} fresh seeds ({args.test_size} samples each): {eval_seconds / 60:.1f} min.\n"
+    if resumed:
+        stage_lines += (f"- Stages {', '.join(resumed)} resumed from the `train_state.pt` an earlier run with the same settings "
+                        f"left in `{work}` (a finished stage is reused as it is); their times above include that run's.\n")
     train_config = logs["baseline"]["config"]
     model_config = load_sam(str(out)).model.config
     card = CARD.format(
@@ -204,7 +208,8 @@ def main(argv=None) -> None:
         train_size=train_config["train_size"], min_images=train_config["min_images"], max_images=train_config["max_images"],
         baseline_tasks=", ".join(train_config["tasks"]), stage_lines=stage_lines, seed=args.seed, batch_size=args.batch_size,
         command="python -m sam_core.recipe " + " ".join(argv if argv is not None else sys.argv[1:]),
-        total_minutes=(time.perf_counter() - started) / 60, cpu_minutes=time.process_time() / 60,
+        total_minutes=(sum(log["seconds"] for log in logs.values()) + eval_seconds) / 60,
+        cpu_minutes=(sum(log["cpu_seconds"] for log in logs.values()) + eval_cpu) / 60,
         extra_seeds=", ".join(map(str, args.extra_seeds)) or "none", sam_steps=args.sam_steps, control_lr=control_lr,
         headline=headline_table(rows), table=markdown_table(test_rows), max_new_tokens=24,
         eval_command="python -m sam_core.evaluate " + " ".join(evaluation),

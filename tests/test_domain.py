@@ -35,7 +35,7 @@ def photo_like(seed: int, size: int = 200) -> Image.Image:
 
 
 def minilink_image(index: int = 0) -> Image.Image:
-    return make_sample(2, index, MiniLinkConfig(tasks=("group",), decoys=True)).images[0]
+    return make_sample(2, index, MiniLinkConfig(tasks=("group",))).images[0]
 
 
 @pytest.fixture(scope="module")
