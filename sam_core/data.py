@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .processing import group_caption_prompt, load_image, storytelling_prompt
+from .processing import GROUP_CAPTION, count_word, group_caption_prompt, load_image, storytelling_prompt
 
 COLOURS = {
     "red": (220, 30, 30),
@@ -65,9 +65,12 @@ NAME_QUESTION = "What is in the picture?"
 
 def minilink_vocabulary() -> list[str]:
     """Every word MiniLINK prompts and answers use (for the word-level tokenizers)."""
-    texts = [group_caption_prompt(n) for n in range(1, 11)] + [storytelling_prompt([]), COLOUR_QUESTION, SHAPE_QUESTION]
+    # The paper's template spelled with every count from one to ten, first: the words' order fixes the token ids of
+    # every checkpoint trained from scratch, so it must not move when a prompt's wording changes.
+    texts = [GROUP_CAPTION.format(count=count_word(n)) for n in range(1, 11)]
+    texts += [storytelling_prompt([]), COLOUR_QUESTION, SHAPE_QUESTION]
     texts += [template.format(colour="", shape="") for template in (LOOKUP_COLOUR, LOOKUP_SHAPE, LOOKUP_PLACE, NAME_QUESTION)]
-    texts += ["every picture shows a", "the", "is at the", "caption image # { } : . , ?"]
+    texts += ["every picture shows a", "the", "is at the", "caption image # { } : . , ?", group_caption_prompt(1)]
     words = [w for text in texts for w in text.lower().replace("?", " ? ").replace(".", " . ").replace(",", " , ").split()]
     places = [w for row in PLACES for place in row for w in place.split()]
     return list(dict.fromkeys(words + list(COLOURS) + list(SHAPES) + places + list(NAMES) + list(VERBS) + [str(d) for d in range(10)]))

@@ -203,11 +203,14 @@ def count_word(n: int) -> str:
     return NUMBER_WORDS[n] if n < len(NUMBER_WORDS) else str(n)
 
 
+GROUP_CAPTION = "Sum up the common factor in these {count} pictures in a single statement."  # the paper's instruction
+
+
 def group_caption_prompt(num_images: int) -> str:
     """The paper's group-captioning instruction (for a single image: sum up that picture)."""
     if num_images == 1:
         return "Sum up the picture in a single statement."
-    return f"Sum up the common factor in these {count_word(num_images)} pictures in a single statement."
+    return GROUP_CAPTION.format(count=count_word(num_images))
 
 
 def storytelling_prompt(captions: Sequence[str], question: str = STORY_QUESTION) -> str:

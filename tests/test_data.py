@@ -189,3 +189,14 @@ def test_bad_annotation_files_are_clear_errors(tmp_path):
 def test_accuracy_needs_colour_and_shape_together():
     assert names_linked_object("Every picture shows a Red Star.", "red star")
     assert not names_linked_object("a red circle and a blue star", "red star")
+
+
+def test_a_model_trained_from_scratch_gets_the_shipped_checkpoints_vocabulary():
+    """Token ids come from the order of MiniLINK's words: rewording a prompt must not renumber them, or the recipe
+    no longer reproduces the embedded model (its tokenizers ship with it)."""
+    from sam_core.loading import EMBEDDED_DEFAULT
+
+    built = tiny_processor(minilink_vocabulary())
+    shipped = json.loads((EMBEDDED_DEFAULT / "tokenizer.json").read_text())["model"]["vocab"]
+    shipped_qformer = json.loads((EMBEDDED_DEFAULT / "qformer_tokenizer" / "tokenizer.json").read_text())["model"]["vocab"]
+    assert built.tokenizer.get_vocab() == shipped and built.qformer_tokenizer.get_vocab() == shipped_qformer
