@@ -73,8 +73,8 @@ def test_end_to_end_benchmark_measures_both_modes_on_the_embedded_default():
 def test_quantization_benchmark_pairs_the_precisions_on_the_same_samples(one_thread):
     from benchmarks.quantization import memory, score_rows, score_table
 
-    rows = score_rows(None, size=6, decoys=True)
-    used = memory(None, "nf4", 1, decoys=True)
+    rows = score_rows(None, size=6, version=2)
+    used = memory(None, "nf4", 1, version=2)
     assert {(r["task"], r["mode"]) for r in rows} <= {(t, m) for t in ("group", "story", "question") for m in ("sam", "baseline")}
     assert sum(r["n"] for r in rows) == 2 * 6 and all(0 <= r["identical"] <= r["n"] for r in rows)
     for r in rows:

@@ -31,7 +31,9 @@ def test_evaluate_filter_open_and_explain_a_sample(browser, app_url):  # noqa: F
 
     page.get_by_label("Who is right").click()
     page.get_by_role("option", name=SAM_RIGHT).click()
-    page.wait_for_function("() => !document.querySelector('#evaluation-count').innerText.startsWith('24 of 24')")
+    page.wait_for_function(  # the filtered count, not the one before it nor a progress timer shown meanwhile
+        "() => { const t = document.querySelector('#evaluation-count').innerText.trim();"
+        " return /^\\d+ of 24 samples pass the filters/.test(t) && !t.startsWith('24 of 24'); }")
     note = page.locator("#evaluation-count").inner_text()
     assert re.match(r"[1-9]\d* of 24 samples pass the filters", note), note
     table = page.locator("#evaluation-table-samples [role=grid]")

@@ -80,7 +80,7 @@ def test_adapter_gradients_cross_the_4bit_language_model_even_after_it_generated
 def test_the_adapter_stage_trains_on_the_4bit_embedded_model_and_saves_only_the_adapter(tmp_path):
     before = {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in EMBEDDED_DEFAULT.rglob("*") if path.is_file()}
     log = train(TrainConfig(stage="sam", out=str(tmp_path / "sam"), model=str(EMBEDDED_DEFAULT), quantization="auto",
-                            steps=3, batch_size=4, train_size=32, warmup=1, log_every=3, decoys=True))
+                            steps=3, batch_size=4, train_size=32, warmup=1, log_every=3))
     assert torch.isfinite(torch.tensor(log["loss"][-1]["loss"]))
     assert sorted(p.name for p in (tmp_path / "sam").iterdir() if p.suffix == ".safetensors") == ["sam_adapter.safetensors"]
     trained = load_sam(adapter=tmp_path / "sam" / "sam_adapter.safetensors")

@@ -112,15 +112,17 @@ def test_the_explain_api_also_needs_exact_captions(settings):
         explain(files, "Storytelling", "", "a .\nb .\nc .", 4, 0)
 
 
-def test_random_minilink_sets_come_with_decoys_like_the_embedded_models_training():
+def test_random_minilink_sets_are_the_embedded_models_benchmark():
+    """A random set is MiniLINK's default version (balanced decoys), the one the embedded model trained on."""
     from app.service import random_minilink_group
+    from sam_core.data import MiniLink, MiniLinkConfig
 
     images, prompt, reference = random_minilink_group(3)
     again, _, _ = random_minilink_group(3)
-    plain, _, plain_reference = random_minilink_group(3, decoys=False)
     assert len(images) == 4 and prompt.startswith("Sum up the common factor in these four pictures")
     assert [i.tobytes() for i in images] == [i.tobytes() for i in again]  # a seed gives the same set
-    assert reference == plain_reference and [i.tobytes() for i in images] != [i.tobytes() for i in plain]
+    sample = MiniLink(1003, 1, MiniLinkConfig(min_images=4, max_images=4, tasks=("group",)))[0]  # the default version
+    assert reference == sample.output and [i.tobytes() for i in images] == [i.tobytes() for i in sample.images]
 
 
 @pytest.fixture(scope="module")
