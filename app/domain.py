@@ -24,7 +24,10 @@ def check_domain(service: SamService, images: list[Image.Image]):
     return service.pipeline.check_domain(images)  # no model call: it need not wait for the model lock
 
 
-def out_of_domain_markdown(report, consequence: str = "its answers about them mean nothing") -> str:
+def out_of_domain_markdown(report, consequence: str = "its answers about {them} mean nothing") -> str:
     """One warning line naming the images the model does not know, or '' when there are none."""
     warning = report.warning if report is not None else None
-    return f"⚠️ **{warning[0].upper()}{warning[1:]}**: {consequence}." if warning else ""
+    if not warning:
+        return ""
+    them = "it" if len(report.out_of_domain) == 1 else "them"
+    return f"⚠️ **{warning[0].upper()}{warning[1:]}**: {consequence.format(them=them)}."

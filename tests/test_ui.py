@@ -83,7 +83,9 @@ def test_the_model_notice_and_out_of_domain_warnings(service):
     report = check_domain(service, [shapes[0], photo])
     assert report.out_of_domain == [2]
     assert out_of_domain_markdown(report).startswith("⚠️ **Image 2 looks unlike what this model was trained on (MiniLINK")
-    assert out_of_domain_markdown(report).endswith("its answers about them mean nothing.")
+    assert out_of_domain_markdown(report).endswith("its answers about it mean nothing.")
+    two = check_domain(service, [photo, shapes[0], photo])
+    assert two.out_of_domain == [1, 3] and out_of_domain_markdown(two).endswith("its answers about them mean nothing.")
     assert out_of_domain_markdown(check_domain(service, shapes)) == ""
 
 
