@@ -142,6 +142,7 @@ def test_every_change_of_images_or_task_clears_what_belonged_to_the_old_ones(bro
     for name, (change, answered) in changes.items():
         if answered and name != "random set":
             page.get_by_role("radio", name="Group captioning").check()
+            page.wait_for_timeout(500)  # a person's pace: a change's cancel must not meet the Compare clicked after it
             compare(page)
         change()
         wait_for_no_answers(page)
