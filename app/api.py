@@ -9,9 +9,8 @@ import gradio as gr
 from sam_core.generation import domain_fields
 
 from .examples import Example
-from .explain import write_report
 from .requests import compare_states, prepare, refusals
-from .service import TASKS, SamService
+from .service import TASKS, SamService, served_folder
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -87,8 +86,9 @@ def api_explain(service: SamService, files, task, question, captions_text, max_n
         images, prompt, decoding = prepare(service, files, task, question, captions, ("greedy", max_new_tokens, 1.0, 1.0, seed),
                                            exact_captions=True)
         report = service.explain(images, prompt, decoding)
-    html_path, json_path = write_report(report)
-    Path(json_path).unlink()  # the numbers go back in the response; only the HTML is served
-    details = {**report.to_dict(), "figure_failures": report.figure_failures, "cut_short": report.cut_short}
-    return json.dumps(details), html_path
+    numbers = report.to_dict()  # go back in the response; only the HTML is written, where Gradio serves it
+    html_path = served_folder("sam-report-") / "sam_report.html"
+    html_path.write_text(report.to_html(numbers), encoding="utf-8")
+    details = {**numbers, "figure_failures": report.figure_failures, "cut_short": report.cut_short}
+    return json.dumps(details), str(html_path)
 

@@ -12,7 +12,6 @@ import logging
 import math
 import re
 import shutil
-import tempfile
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,7 +19,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import gradio as gr
-from gradio.utils import get_upload_folder
 from PIL import Image
 
 from sam_core.data import TASKS, MiniLinkConfig
@@ -35,7 +33,7 @@ from sam_core.processing import ImageLoadError, group_caption_prompt, storytelli
 from sam_core.shortcuts import NO_BINDING
 
 from .refusals import refusal
-from .service import InputError, ResourceError, SamService, out_of_memory_answer
+from .service import InputError, ResourceError, SamService, out_of_memory_answer, served_folder
 
 if TYPE_CHECKING:
     from visualization.dataset_views import DatasetView
@@ -138,9 +136,7 @@ def evaluate(service: SamService, source_kind: str, minilink: tuple, annotations
     if not 1 <= int(max_new_tokens) <= settings.max_new_tokens:
         raise InputError(f"Max new tokens must be between 1 and {settings.max_new_tokens}.")
     options = EvaluationOptions(max_new_tokens=int(max_new_tokens), time_budget=settings.eval_time_budget)
-    cache = Path(get_upload_folder())
-    cache.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix="sam-eval-", dir=cache))
+    folder = served_folder("sam-eval-")
     run = dict(options=options, turn=lambda: model_turn(service), cancel=cancel, progress=progress,
                measure=alignment_measure, image_dir=folder / "images")
     try:

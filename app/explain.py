@@ -3,9 +3,7 @@ per view. Explain draws every tab's figures once, for the browser's screen (wide
 from the kept run; the HTML report is drawn only when the Report tab's button asks for it (a download). The analysis
 stack (visualization: matplotlib, captum) is imported on first use, not at start-up."""
 
-import tempfile
 from dataclasses import dataclass, fields
-from pathlib import Path
 
 import gradio as gr
 from gradio.processing_utils import save_bytes_to_cache
@@ -14,7 +12,7 @@ from gradio.utils import get_upload_folder
 from .answers import answer_update, cut_short_notes
 from .domain import out_of_domain_markdown
 from .requests import prepare, refusals
-from .service import SamService
+from .service import SamService, served_folder
 from .sessions import ReportStore
 
 TABS = {"guidance": "Guidance", "attention": "Attention", "tokens": "Tokens", "alignment": "Alignment", "report": "Report"}
@@ -291,12 +289,8 @@ def report_files(store: ReportStore, key) -> list:
 
 
 def write_report(report) -> list[str]:
-    """The HTML report and its JSON, drawn once for a wide screen; in Gradio's cache, which serves them and deletes
-    them SAM_CACHE_TTL seconds later."""
-    cache = Path(get_upload_folder())
-    cache.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix="sam-report-", dir=cache))
-    return [str(path) for path in report.write(folder / "sam_report.html")]
+    """The HTML report and its JSON, drawn once for a wide screen, where Gradio serves them (and expires them)."""
+    return [str(path) for path in report.write(served_folder("sam-report-") / "sam_report.html")]
 
 
 def figure_failed(report, name: str, png) -> str:

@@ -5,15 +5,18 @@ import ctypes.util
 import gc
 import math
 import os
+import tempfile
 import threading
 import time
 import traceback
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import psutil
 import torch
+from gradio.utils import get_upload_folder
 from PIL import Image
 from transformers import StoppingCriteriaList
 
@@ -342,6 +345,13 @@ def upload_path(item):
     if isinstance(item, dict):
         item = item.get("path") or (item.get("image") or {}).get("path")
     return item
+
+
+def served_folder(prefix: str) -> Path:
+    """A fresh folder in Gradio's cache: files written there are served, and deleted SAM_CACHE_TTL seconds later."""
+    cache = Path(get_upload_folder())
+    cache.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=cache))
 
 
 def random_minilink_group(seed: int, num_images: int = 4) -> tuple[list[Image.Image], str, str]:

@@ -402,6 +402,12 @@ def split_name(seed: int) -> str:
     return f"seed {seed}" + (f" ({names[seed]})" if seed in names else "")
 
 
+def rows_label(model: str, seed: int | None = None, num_images: int | None = None, show_seed: bool = False) -> str:
+    """The `model` column of a run's rows: the model, a fixed N and, when asked or not the test split, the split."""
+    show_seed = seed is not None and (show_seed or seed != SPLIT_SEEDS["test"])
+    return " ".join(x for x in (model, f"N={num_images}" if num_images else "", split_name(seed) if show_seed else "") if x)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", nargs="+", default=[None], help="PATH or LABEL=PATH (several for a sweep); default: embedded")
@@ -447,10 +453,8 @@ def main(argv=None) -> None:
         for num_images in args.num_images or [None]:
             dataset = only_tasks(open_eval_dataset(args.data, args.size, num_images, args.objects, args.decoys, args.version,
                                                    seed, args.images), args.tasks)
-            shown_seed = seed is not None and (len(args.seeds) > 1 or seed != SPLIT_SEEDS["test"])
-            where = " ".join(x for x in (f"N={num_images}" if num_images else "", split_name(seed) if shown_seed else "") if x)
             for label, loaded in models or [("rules", None)]:
-                name = " ".join(x for x in (label, where) if x)
+                name = rows_label(label, seed, num_images, show_seed=len(args.seeds) > 1)
                 start = time.perf_counter()
                 if loaded is None:
                     predictions, modes = references_only(dataset), ()

@@ -25,7 +25,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from .data import SPLIT_SEEDS, TASKS, MiniLink, MiniLinkConfig
 from .evaluate import (
     MODES, RESULT_FILES, PredictedBatch, Prediction, answer_is_correct, linked_patch_masks, only_tasks, open_eval_dataset, predict_batches,
-    results_table, split_name, summarise_split, write_results,
+    results_table, rows_label, summarise_split, write_results,
 )
 from .loading import LoadedSam
 from .metrics import score_captions
@@ -74,7 +74,7 @@ class MiniLinkSource:
 
     def label(self, model_name: str) -> str:
         """The model's rows' label, as the command line writes it for these arguments (the seed, unless the test split)."""
-        return model_name if self.seed == SPLIT_SEEDS["test"] else f"{model_name} {split_name(self.seed)}"
+        return rows_label(model_name, self.seed)
 
     def arguments(self) -> list[str]:
         """The same samples as `python -m sam_core.evaluate` arguments."""
